@@ -1,0 +1,5 @@
+import sys
+
+from lotto.cli import main
+
+sys.exit(main())

@@ -1,0 +1,192 @@
+"""`python -m lotto <verb>`: the one entry point every workflow rule calls.
+
+Each verb parses its arguments, imports what it needs lazily (so `--help` and small
+verbs start fast), runs one library function and exits. Bad input exits with code 2
+and a one-line message, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def _read_spec(path: str):
+    from lotto.spec import ExperimentSpec, load_experiment
+
+    if path.endswith(".json"):
+        try:
+            return ExperimentSpec.from_dict(json.loads(Path(path).read_text()))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: spec file not found") from None
+    return load_experiment(path)
+
+
+def _set_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(max(1, threads))
+
+
+def cmd_validate(args: argparse.Namespace) -> None:
+    for path in args.experiments:
+        spec = _read_spec(path)
+        print(f"{path}: ok ({spec.name}: dense {spec.dense_key}, recipe {spec.recipe_key})")
+
+
+def cmd_write_spec(args: argparse.Namespace) -> None:
+    from lotto import io
+    from lotto.spec import resolve
+
+    source = args.experiment or "<json>"
+    doc = json.loads(args.json) if args.json else __import__("yaml").safe_load(Path(args.experiment).read_text())
+    if args.json:
+        from lotto.spec import ExperimentSpec
+
+        spec = ExperimentSpec.from_dict(doc)
+    else:
+        spec = resolve(doc, source=source, default_name=Path(source).stem)
+    io.write_json(args.out, spec.to_dict())
+
+
+def cmd_prepare_data(args: argparse.Namespace) -> None:
+    from lotto import data
+
+    options = json.loads(args.synthetic) if args.synthetic else None
+    data.prepare(args.dataset, args.out, root=args.root, download=args.download, synthetic_options=options)
+    print(f"prepared {args.dataset} -> {args.out}", file=sys.stderr)
+
+
+def cmd_round(args: argparse.Namespace) -> None:
+    from lotto import rounds
+
+    _set_threads(args.threads)
+    spec = _read_spec(args.spec)
+    result = rounds.run_round(
+        spec, Path(args.data), args.seed, args.round, Path(args.out),
+        dense_dir=Path(args.dense) if args.dense else None,
+        prev_dir=Path(args.prev) if args.prev else None,
+        rewind_file=Path(args.rewind_from) if args.rewind_from else None,
+    )
+    _report(result, Path(args.out))
+
+
+def cmd_replay(args: argparse.Namespace) -> None:
+    from lotto import rounds
+
+    _set_threads(args.threads)
+    rounds.run_replay(_read_spec(args.spec), Path(args.data), args.seed, args.step, Path(args.dense), Path(args.out))
+
+
+def cmd_branch(args: argparse.Namespace) -> None:
+    from lotto import rounds
+
+    _set_threads(args.threads)
+    result = rounds.run_branch(
+        _read_spec(args.spec), Path(args.data), args.seed, args.round, args.kind,
+        Path(args.round_dir), Path(args.dense), Path(args.out),
+    )
+    _report(result, Path(args.out))
+
+
+def _report(result, out: Path) -> None:
+    from lotto import masks, rounds
+
+    rounds.print_summary(result, masks.density(masks.load(out / "mask.pt")))
+
+
+def cmd_collect(args: argparse.Namespace) -> None:
+    from lotto import metrics
+
+    frame = metrics.read(args.inputs)
+    frame["experiment"] = args.experiment
+    frame = frame.sort_values(["seed", "round", "branch", "step", "split"], kind="stable")
+    metrics.write_frame(args.out, frame)
+
+
+def cmd_status(args: argparse.Namespace) -> None:
+    from lotto import status
+
+    print(status.render(Path(args.results)))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m lotto", description=__doc__.splitlines()[0])
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    def verb(name: str, func, help_: str) -> argparse.ArgumentParser:
+        p = verbs.add_parser(name, help=help_, description=help_)
+        p.set_defaults(func=func)
+        return p
+
+    p = verb("validate", cmd_validate, "check experiment files and print their hashes")
+    p.add_argument("experiments", nargs="+", help="experiment YAML files")
+
+    p = verb("write-spec", cmd_write_spec, "resolve an experiment and write its spec as JSON")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--experiment", help="experiment YAML file")
+    source.add_argument("--json", help="an already resolved spec, as JSON text")
+    p.add_argument("--out", required=True)
+
+    p = verb("prepare-data", cmd_prepare_data, "read a dataset once into a tensor cache")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--root", help="directory holding the raw files")
+    p.add_argument("--download", action="store_true", help="let torchvision download missing data")
+    p.add_argument("--synthetic", help="JSON options of the synthetic dataset")
+    p.add_argument("--out", required=True)
+
+    def training_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--spec", required=True, help="resolved spec (.json) or experiment (.yaml)")
+        p.add_argument("--data", required=True, help="prepared dataset cache")
+        p.add_argument("--seed", type=int, required=True)
+        p.add_argument("--threads", type=int, default=int(os.environ.get("LOTTO_THREADS", "1")))
+
+    p = verb("round", cmd_round, "train one pruning round (round 0 = dense) and write its files")
+    training_args(p)
+    p.add_argument("--round", type=int, required=True)
+    p.add_argument("--dense", help="round 0's directory (theta_0); needed for pruned rounds")
+    p.add_argument("--prev", help="the previous round's directory")
+    p.add_argument("--rewind-from", help="weights file to rewind to (replay or previous rewind.pt)")
+    p.add_argument("--out", required=True, help="output directory of this round")
+
+    p = verb("replay", cmd_replay, "weights of round 0 after STEP iterations (a rewind point)")
+    training_args(p)
+    p.add_argument("--step", type=int, required=True)
+    p.add_argument("--dense", required=True, help="round 0's directory")
+    p.add_argument("--out", required=True, help="output weights file")
+
+    p = verb("branch", cmd_branch, "train one control branch from a round's mask")
+    training_args(p)
+    p.add_argument("--round", type=int, required=True)
+    p.add_argument("--kind", required=True, help="reinit | random_mask | oneshot")
+    p.add_argument("--round-dir", required=True, help="the round whose mask the branch uses")
+    p.add_argument("--dense", required=True, help="round 0's directory")
+    p.add_argument("--out", required=True)
+
+    p = verb("collect", cmd_collect, "concatenate metrics files into one experiment table")
+    p.add_argument("--experiment", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("inputs", nargs="+")
+
+    p = verb("status", cmd_status, "which rounds and branches are done, running or pending")
+    p.add_argument("--results", default="results")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except (ValueError, OSError, RuntimeError, KeyError) as err:
+        message = str(err).strip() or type(err).__name__
+        first, *rest = message.splitlines()
+        print(f"lotto {args.verb}: error: {first}", file=sys.stderr)
+        for line in rest:
+            print(f"  {line}", file=sys.stderr)
+        return 2
+    return 0

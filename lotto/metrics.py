@@ -1,0 +1,109 @@
+"""The metrics table: one long-format row per (evaluation step, split), one pyarrow schema.
+
+Columns (documented once, here and in the README):
+
+    experiment  string   experiment name
+    seed        int32    seed of the chain (initialisation and data order)
+    round       int32    pruning round; 0 is the dense network
+    branch      string   'main' for the experiment's own chain, else the control's name
+    density     float64  fraction of prunable weights kept
+    step        int64    iterations trained in this round/branch at this evaluation
+    split       string   train (mean over the iterations since the last evaluation) | val | test
+    loss        float64  mean cross-entropy
+    accuracy    float64  fraction correct
+    lr          float64  learning rate of the last iteration before this evaluation
+    status      string   ok | diverged (the train row where the loss blew up)
+
+Wall-clock times are kept out of this table so that two runs of the same seed write
+byte-identical files; they live in each job's log and benchmark file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from lotto import io
+
+SCHEMA = pa.schema(
+    [
+        ("experiment", pa.string()),
+        ("seed", pa.int32()),
+        ("round", pa.int32()),
+        ("branch", pa.string()),
+        ("density", pa.float64()),
+        ("step", pa.int64()),
+        ("split", pa.string()),
+        ("loss", pa.float64()),
+        ("accuracy", pa.float64()),
+        ("lr", pa.float64()),
+        ("status", pa.string()),
+    ]
+)
+
+
+def write(path: str | Path, rows: Iterable[dict[str, Any]], **constants: Any) -> None:
+    """Write rows (plus columns constant for the whole file) atomically as parquet."""
+    records = [{**constants, **row} for row in rows]
+    table = pa.Table.from_pylist(records, schema=SCHEMA)
+    with io.atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def read(paths: Iterable[str | Path]) -> pd.DataFrame:
+    """Read and concatenate metrics files, refusing any that is unreadable or of another schema."""
+    tables = []
+    for path in paths:
+        try:
+            table = pq.read_table(path)
+        except Exception as err:
+            raise io.CorruptFileError(
+                f"{path}: not a readable metrics file ({err}); delete it and rerun the workflow"
+            ) from err
+        if not table.schema.equals(SCHEMA):
+            raise io.CorruptFileError(f"{path}: columns differ from the metrics schema; delete it and rerun")
+        tables.append(table)
+    if not tables:
+        return SCHEMA.empty_table().to_pandas()
+    return pa.concat_tables(tables).to_pandas()
+
+
+def write_frame(path: str | Path, frame: pd.DataFrame) -> None:
+    table = pa.Table.from_pandas(frame, schema=SCHEMA, preserve_index=False)
+    with io.atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+RUN_KEYS = ["experiment", "seed", "round", "branch"]
+
+
+def summarize(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per training: early-stop step (minimum validation loss, earliest on ties),
+    test accuracy there, final test accuracy, final train loss/accuracy, density, status."""
+    out = []
+    for key, run in frame.groupby(RUN_KEYS, sort=True):
+        val = run[run.split == "val"].sort_values("step")
+        test = run[run.split == "test"].set_index("step")
+        train = run[run.split == "train"].sort_values("step")
+        finite_val = val[val.loss.notna()]
+        stop = int(finite_val.loc[finite_val.loss.idxmin(), "step"]) if len(finite_val) else int(test.index.max())
+        last = int(test.index.max())
+        out.append(
+            {
+                **dict(zip(RUN_KEYS, key, strict=True)),
+                "density": float(run.density.iloc[0]),
+                "early_stop_step": stop,
+                "early_stop_accuracy": float(test.loc[stop, "accuracy"]),
+                "final_accuracy": float(test.loc[last, "accuracy"]),
+                "final_step": last,
+                "train_loss": float(train.loss.iloc[-1]) if len(train) else float("nan"),
+                "train_accuracy": float(train.accuracy.iloc[-1]) if len(train) else float("nan"),
+                "status": "diverged" if (run.status == "diverged").any() else "ok",
+            }
+        )
+    return pd.DataFrame(out)

@@ -1,0 +1,221 @@
+"""Rounds, replays and control branches: the jobs of the DAG, as plain functions.
+
+Files of one training directory:
+
+    checkpoint.pt     final weights (state dict)
+    mask.pt           the mask this training ran under
+    metrics.parquet   its evaluation rows (lotto.metrics.SCHEMA)
+    init.pt           round 0 only: the initial weights theta_0
+    rewind.pt         pruned rounds: the weights the next round rewinds to when
+                      rewinding.weights is 'back' (an empty dict otherwise)
+
+A pruned round r reads round r-1's final weights and mask, prunes them into its own
+mask m_r, takes its start weights from the rewinding recipe, and trains under m_r.
+Round 0 depends only on data, model and training (spec.dense_key), so experiments that
+differ only in pruning or rewinding share it. Weights at iteration k of round 0 come from
+a replay job (train from theta_0 for k steps), which reproduces round 0's trajectory
+exactly on CPU because the batch order depends only on (seed, step).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from lotto import data as datasets
+from lotto import io, masks, metrics, prune
+from lotto.spec import ExperimentSpec, build_model
+from lotto.train import TrainResult, resolve_device, train
+
+BRANCHES = ("reinit", "random_mask", "oneshot")
+
+
+@dataclass(frozen=True)
+class StartPoint:
+    """Where a pruned round's weights come from: theta_0, a replay of round 0 to `step`,
+    the previous round's final weights, or the previous round's rewind.pt."""
+
+    source: str  # init | replay | previous | previous_rewind
+    step: int = 0
+
+
+def start_point(spec: ExperimentSpec, round_: int) -> StartPoint:
+    r = spec.rewinding
+    if r.weights == "init":
+        return StartPoint("init")
+    if r.weights == "step":
+        return StartPoint("replay", r.step) if r.step else StartPoint("init")
+    if r.weights == "final":
+        return StartPoint("previous")
+    back_step = spec.training.duration - round(r.back * spec.training.duration)
+    if round_ == 1:
+        return StartPoint("replay", back_step) if back_step else StartPoint("init")
+    return StartPoint("previous_rewind")
+
+
+def derived_seed(*parts: object) -> int:
+    """A stable 31-bit seed for a named random choice (re-init weights, random masks)."""
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:4], "little") >> 1
+
+
+def load_data(spec: ExperimentSpec, data_path: str | Path, device: torch.device) -> datasets.Splits:
+    d = spec.dataset
+    splits = datasets.load(
+        data_path, val_size=d.val_size, device=device, labels=list(d.labels) if d.labels else None, half=d.half
+    )
+    if tuple(splits.input_shape) != tuple(d.input_shape):
+        raise ValueError(f"{data_path}: images are {splits.input_shape}, the spec expects {d.input_shape}")
+    return replace(splits, augment=d.augment)
+
+
+def _new_model(spec: ExperimentSpec, init_seed: int, device: torch.device) -> torch.nn.Module:
+    torch.manual_seed(init_seed)
+    return build_model(spec.model, spec.dataset).to(device)
+
+
+def _load_state(path: Path, device: torch.device) -> dict:
+    return io.load_torch(path, map_location=device)
+
+
+def _write_training(out: Path, spec: ExperimentSpec, seed: int, round_: int, branch: str,
+                    mask: masks.Mask, result: TrainResult) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    masks.save(out / "mask.pt", mask)
+    io.save_torch(out / "checkpoint.pt", result.state)
+    metrics.write(
+        out / "metrics.parquet",
+        result.rows,
+        experiment=spec.name,
+        seed=seed,
+        round=round_,
+        branch=branch,
+        density=masks.density(mask),
+    )
+
+
+def _resume_file(out: Path) -> Path:
+    """In-round progress lives beside the outputs, never as one, so Snakemake keeps it."""
+    return out / "resume.pt"
+
+
+def _finish(out: Path) -> None:
+    _resume_file(out).unlink(missing_ok=True)
+    _resume_file(out).with_name("resume.pt.sha256").unlink(missing_ok=True)
+
+
+def run_round(
+    spec: ExperimentSpec,
+    data_path: Path,
+    seed: int,
+    round_: int,
+    out: Path,
+    *,
+    dense_dir: Path | None = None,
+    prev_dir: Path | None = None,
+    rewind_file: Path | None = None,
+) -> TrainResult:
+    """Run round `round_` of one seed's chain and write its files into `out`."""
+    device = resolve_device(spec.training.device)
+    splits = load_data(spec, data_path, device)
+    label = f"{spec.name} seed{seed} round{round_}"
+    out.mkdir(parents=True, exist_ok=True)
+    model = _new_model(spec, seed, device)
+    if round_ == 0:
+        io.save_torch(out / "init.pt", model.state_dict())
+        mask = masks.ones(model)
+        result = train(model, splits, spec.training, mask=mask, seed=seed, steps=spec.training.duration,
+                       resume_path=_resume_file(out), label=label)
+        _write_training(out, spec, seed, 0, "main", mask, result)
+        _finish(out)
+        return result
+
+    if prev_dir is None or dense_dir is None:
+        raise ValueError("a pruned round needs the previous round's directory and the dense round's directory")
+    model.load_state_dict(_load_state(prev_dir / "checkpoint.pt", device))
+    prev_mask = masks.load(prev_dir / "mask.pt", model)
+    generator = torch.Generator().manual_seed(derived_seed(seed, "prune", round_))
+    mask = prune.prune(model, prev_mask, spec.pruning, generator)
+
+    point = start_point(spec, round_)
+    if point.source == "init":
+        model.load_state_dict(_load_state(dense_dir / "init.pt", device))
+    elif point.source == "previous":
+        pass  # keep the previous round's final weights (already loaded)
+    else:
+        if rewind_file is None:
+            raise ValueError(f"rewinding from {point.source} needs --rewind-from")
+        state = _load_state(rewind_file, device)
+        if not state:
+            raise io.CorruptFileError(f"{rewind_file}: holds no weights; was it written by a 'back' recipe?")
+        model.load_state_dict(state)
+
+    r = spec.rewinding
+    steps = r.retrain
+    back_at = {steps - round(r.back * steps)} if r.weights == "back" else set()
+    result = train(model, splits, spec.training, mask=mask, seed=seed, steps=steps,
+                   start=r.schedule_offset, constant_lr=r.lr == "final", snapshot_at=back_at,
+                   resume_path=_resume_file(out), label=label)
+    _write_training(out, spec, seed, round_, "main", mask, result)
+    io.save_torch(out / "rewind.pt", result.snapshots.get(next(iter(back_at)), {}) if back_at else {})
+    _finish(out)
+    return result
+
+
+def run_replay(spec: ExperimentSpec, data_path: Path, seed: int, step: int, dense_dir: Path, out: Path) -> None:
+    """Weights of round 0 after `step` iterations, by retraining from theta_0 (same batches)."""
+    device = resolve_device(spec.training.device)
+    splits = load_data(spec, data_path, device)
+    model = _new_model(spec, seed, device)
+    model.load_state_dict(_load_state(dense_dir / "init.pt", device))
+    quiet = replace(spec.training, eval_every=max(step, 1))
+    result = train(model, splits, quiet, mask=masks.ones(model), seed=seed, steps=step,
+                   snapshot_at={step}, label=f"{spec.name} seed{seed} replay{step}")
+    io.save_torch(out, result.snapshots[step])
+
+
+def run_branch(
+    spec: ExperimentSpec,
+    data_path: Path,
+    seed: int,
+    round_: int,
+    kind: str,
+    round_dir: Path,
+    dense_dir: Path,
+    out: Path,
+) -> TrainResult:
+    """A control trained once from round `round_`'s mask: the full schedule from step 0.
+
+    reinit: same mask, fresh initialisation; random_mask: a random mask with the same
+    per-layer counts, theta_0 weights; oneshot: the dense network's final weights pruned
+    in one step to the same density (per layer, or globally), reset to theta_0.
+    """
+    if kind not in BRANCHES:
+        raise ValueError(f"unknown branch {kind!r}; choose one of: {', '.join(BRANCHES)}")
+    device = resolve_device(spec.training.device)
+    splits = load_data(spec, data_path, device)
+    model = _new_model(spec, seed, device)
+    mask = masks.load(round_dir / "mask.pt", model)
+    if kind == "reinit":
+        model = _new_model(spec, derived_seed(seed, "reinit", round_), device)
+    elif kind == "random_mask":
+        mask = prune.random_like(mask, torch.Generator().manual_seed(derived_seed(seed, "random_mask", round_)))
+        model.load_state_dict(_load_state(dense_dir / "init.pt", device))
+    else:
+        model.load_state_dict(_load_state(dense_dir / "checkpoint.pt", device))
+        mask = prune.prune_to_match(model, mask, spec.pruning.scope, spec.pruning.exclude)
+        model.load_state_dict(_load_state(dense_dir / "init.pt", device))
+    result = train(model, splits, spec.training, mask=mask, seed=seed, steps=spec.training.duration,
+                   resume_path=_resume_file(out), label=f"{spec.name} seed{seed} round{round_} {kind}")
+    _write_training(out, spec, seed, round_, kind, mask, result)
+    _finish(out)
+    return result
+
+
+def print_summary(result: TrainResult, density: float, stream=sys.stderr) -> None:
+    test = [r for r in result.rows if r["split"] == "test"]
+    print(f"density {density:.4f}  final test acc {test[-1]['accuracy']:.4f}  status {result.status}  "
+          f"{result.seconds:.1f} s", file=stream, flush=True)

@@ -1,0 +1,541 @@
+"""One experiment, validated and resolved once into a frozen spec.
+
+A YAML experiment is checked against `schema/experiment.schema.yaml` (types, ranges,
+unknown keys), then semantically (models that exist, rewind points inside the
+schedule, rates that fit the model), then resolved: defaults filled in, every step
+turned into iterations, BN momentum converted to PyTorch's convention. Every error
+names the file, the key path, the bad value and what is allowed.
+
+Two stable hashes identify cached work: `dense_key` (what determines the dense
+round 0 and its rewind points: data, model, training) and `recipe_key` (that plus
+pruning and rewinding). Only values that differ from a field's default enter a
+hash, so adding a knob with a default keeps old results valid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# Facts needed to resolve epochs and check labels before any data is read.
+DATASET_FACTS: dict[str, dict[str, Any]] = {
+    "mnist": {"train_size": 60000, "num_classes": 10, "shape": (1, 28, 28)},
+    "fashion_mnist": {"train_size": 60000, "num_classes": 10, "shape": (1, 28, 28)},
+    "cifar10": {"train_size": 50000, "num_classes": 10, "shape": (3, 32, 32)},
+    "cifar100": {"train_size": 50000, "num_classes": 100, "shape": (3, 32, 32)},
+    "synthetic": {"train_size": 2000, "num_classes": 10, "shape": (1, 8, 8)},
+}
+SYNTHETIC_DEFAULTS = {"n_train": 2000, "n_test": 500, "shape": [1, 8, 8], "num_classes": 10, "seed": 0}
+
+
+class SpecError(ValueError):
+    """An experiment file is invalid; the message says where and what is allowed."""
+
+
+def _no_hash() -> dict[str, Any]:
+    return {"hash": False}
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    root: str | None = field(default=None, metadata=_no_hash())
+    download: bool = field(default=False, metadata=_no_hash())
+    val_size: int = 5000
+    labels: tuple[int, ...] | None = None
+    half: int | None = None
+    augment: bool = False
+    synthetic: tuple[tuple[str, Any], ...] | None = None
+
+    @property
+    def num_classes(self) -> int:
+        if self.synthetic:
+            return int(dict(self.synthetic)["num_classes"])
+        return DATASET_FACTS[self.name]["num_classes"]
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        if self.synthetic:
+            return tuple(dict(self.synthetic)["shape"])  # type: ignore[return-value]
+        return DATASET_FACTS[self.name]["shape"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    dropout: float = 0.0
+    width: float = 1.0
+    bn_momentum: float = 0.1  # PyTorch convention after resolution
+    bn_eps: float = 1e-5
+
+
+@dataclass(frozen=True)
+class TrainingSpec:
+    optimizer: str
+    lr: float
+    batch_size: int
+    duration: int  # iterations
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    l2: float = 0.0
+    bn_l1: float = 0.0
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
+    warmup: int = 0
+    eval_every: int = 100
+    divergence_loss: float = 1e4
+    checkpoint_every: int = field(default=0, metadata=_no_hash())
+    device: str = field(default="auto", metadata=_no_hash())
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate at iteration `step`: linear warm-up, then multi-step decay."""
+        scale = self.gamma ** sum(step >= m for m in self.milestones)
+        if self.warmup and step < self.warmup:
+            scale *= (step + 1) / self.warmup
+        return self.lr * scale
+
+
+@dataclass(frozen=True)
+class PruningSpec:
+    criterion: str = "magnitude"
+    scope: str = "layerwise"
+    rounds: int = 0
+    rate: float | None = None  # global scope
+    rates: tuple[tuple[str, float], ...] = ()  # layerwise scope: (kind, rate)
+    exclude: tuple[str, ...] = ()
+
+    def rate_for(self, kind: str) -> float:
+        return dict(self.rates).get(kind, 0.0)
+
+
+@dataclass(frozen=True)
+class RewindingSpec:
+    weights: str = "init"  # init | step | final | back
+    step: int = 0  # weights=step: k
+    back: float = 0.0  # weights=back: fraction of the previous round rewound
+    lr: str = "restart"  # restart | rewind | final
+    retrain: int = 0  # iterations per pruned round (resolved)
+
+    @property
+    def schedule_offset(self) -> int:
+        """The schedule step a pruned round starts at."""
+        return self.step if self.lr == "rewind" else 0
+
+
+@dataclass(frozen=True)
+class ExperimentSpec:
+    name: str
+    dataset: DatasetSpec
+    model: ModelSpec
+    training: TrainingSpec
+    pruning: PruningSpec = PruningSpec()
+    rewinding: RewindingSpec = RewindingSpec()
+    seeds: tuple[int, ...] = (0,)
+    branches: tuple[str, ...] = ()
+    description: str = ""
+
+    @property
+    def dense_key(self) -> str:
+        return _hash({"dataset": self.dataset, "model": self.model, "training": self.training})
+
+    @property
+    def recipe_key(self) -> str:
+        return _hash(
+            {
+                "dataset": self.dataset,
+                "model": self.model,
+                "training": self.training,
+                "pruning": self.pruning,
+                "rewinding": self.rewinding,
+            }
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ExperimentSpec:
+        """Rebuild a spec written by `to_dict` (JSON turns tuples into lists)."""
+        return _from_plain(cls, data)
+
+
+def _from_plain(cls: type, data: dict[str, Any]) -> Any:
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        value = data[f.name]
+        if dataclasses.is_dataclass(f.default):
+            value = _from_plain(type(f.default), value)
+        elif isinstance(value, list):
+            value = _tuplify(value)
+        kwargs[f.name] = value
+    for name, sub in (("dataset", DatasetSpec), ("model", ModelSpec), ("training", TrainingSpec)):
+        if name in kwargs and isinstance(kwargs[name], dict):
+            kwargs[name] = _from_plain(sub, kwargs[name])
+    return cls(**kwargs)
+
+
+def _tuplify(value: Any) -> Any:
+    return tuple(_tuplify(v) for v in value) if isinstance(value, list) else value
+
+
+def _hash(parts: dict[str, Any]) -> str:
+    def non_default(obj: Any) -> dict[str, Any]:
+        out = {}
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if not f.metadata.get("hash", True):
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else dataclasses.MISSING
+            if value != default:
+                out[f.name] = value
+        return out
+
+    plain = {k: non_default(v) for k, v in parts.items()}
+    text = json.dumps(plain, sort_keys=True, default=list)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+# --- validation -------------------------------------------------------------------------
+
+
+@cache
+def experiment_schema() -> dict[str, Any]:
+    text = resources.files("lotto").joinpath("schema/experiment.schema.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+def _key_path(path: Any) -> str:
+    parts = [f"[{p}]" if isinstance(p, int) else f".{p}" for p in path]
+    return "".join(parts).lstrip(".") or "(top level)"
+
+
+def _describe(error: Any) -> str:
+    """One readable line for a jsonschema error: which key, the bad value, what is allowed."""
+    where = _key_path(error.absolute_path)
+    value = error.instance
+    kind = error.validator
+    if kind == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        lines = []
+        for key in sorted(set(value) - set(allowed)):
+            close = difflib.get_close_matches(key, allowed, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            prefix = f"{where}." if error.absolute_path else ""
+            lines.append(f"{prefix}{key}: unknown key{hint}; allowed keys: {', '.join(allowed)}")
+        return "\n".join(lines)
+    if kind == "required":
+        missing = [k for k in error.validator_value if k not in value]
+        return f"{where}: missing required key '{missing[0]}'"
+    if kind == "enum":
+        choices = ", ".join("null" if c is None else str(c) for c in error.validator_value)
+        close = difflib.get_close_matches(str(value), [str(c) for c in error.validator_value], n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        return f"{where}: {value!r} is not allowed{hint}; choose one of: {choices}"
+    if kind == "type":
+        expected = error.validator_value
+        expected = " or ".join(expected) if isinstance(expected, list) else expected
+        return f"{where}: {value!r} has the wrong type; expected {expected}"
+    bounds = {
+        "minimum": ">=",
+        "maximum": "<=",
+        "exclusiveMinimum": ">",
+        "exclusiveMaximum": "<",
+    }
+    if kind in bounds:
+        return f"{where}: {value!r} is out of range; allowed: {bounds[kind]} {error.validator_value}"
+    if kind == "oneOf" and "step" in str(error.schema.get("description", "")):
+        return (
+            f"{where}: {value!r} is not a valid step; allowed: a non-negative integer "
+            "(iterations), '<n>it' or '<n>ep'"
+        )
+    if kind == "pattern":
+        return f"{where}: {value!r} does not match the allowed pattern {error.validator_value}"
+    if kind in ("minItems", "maxItems", "uniqueItems"):
+        rule = {"minItems": "at least", "maxItems": "at most"}.get(kind)
+        allowed = f"{rule} {error.validator_value} items" if rule else "no repeated items"
+        return f"{where}: {value!r} is not allowed; must have {allowed}"
+    return f"{where}: {value!r}: {error.message}"
+
+
+def validate_document(doc: Any, source: str = "<experiment>") -> None:
+    """Schema-check a parsed experiment; raise SpecError listing every problem."""
+    import jsonschema
+
+    if not isinstance(doc, dict):
+        raise SpecError(f"{source}: an experiment must be a mapping of keys, got {type(doc).__name__}")
+    validator = jsonschema.Draft202012Validator(experiment_schema())
+    errors = sorted(validator.iter_errors(doc), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        lines = [line for e in errors for line in _describe(e).splitlines()]
+        raise SpecError("\n".join(f"{source}: {line}" for line in dict.fromkeys(lines)))
+
+
+_STEP = re.compile(r"^(\d+)(it|ep)$")
+
+
+def parse_step(value: int | str, iterations_per_epoch: int) -> int:
+    """'4ep' / '2000it' / 2000 -> iterations. One parser for every duration and rewind point."""
+    if isinstance(value, bool):
+        raise SpecError(f"{value!r} is not a step")
+    if isinstance(value, int):
+        return value
+    match = _STEP.match(str(value))
+    if not match:
+        raise SpecError(f"{value!r} is not a step; use an integer, '<n>it' or '<n>ep'")
+    count, unit = int(match.group(1)), match.group(2)
+    return count * iterations_per_epoch if unit == "ep" else count
+
+
+def load_experiment(path: str | Path) -> ExperimentSpec:
+    """Read, validate and resolve one experiment YAML file."""
+    path = Path(path)
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise SpecError(f"{path}: experiment file not found") from None
+    except yaml.YAMLError as err:
+        raise SpecError(f"{path}: not valid YAML: {err}") from None
+    return resolve(doc, source=str(path), default_name=path.stem)
+
+
+def resolve(doc: Any, source: str = "<experiment>", default_name: str = "experiment") -> ExperimentSpec:
+    """Validate a parsed experiment document and resolve it into an ExperimentSpec."""
+    validate_document(doc, source)
+    problems: list[str] = []
+
+    def bad(key: str, message: str) -> None:
+        problems.append(f"{source}: {key}: {message}")
+
+    d = doc["dataset"]
+    synthetic = None
+    if d["name"] == "synthetic":
+        merged = {**SYNTHETIC_DEFAULTS, **d.get("synthetic", {})}
+        synthetic = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in merged.items()))
+        train_size = merged["n_train"]
+    else:
+        if "synthetic" in d:
+            bad("dataset.synthetic", f"only allowed with dataset.name: synthetic, not {d['name']!r}")
+        train_size = DATASET_FACTS[d["name"]]["train_size"]
+    val_size = d.get("val_size", 5000)
+    if val_size >= train_size:
+        bad("dataset.val_size", f"{val_size} leaves no training data; allowed: < {train_size}")
+    dataset = DatasetSpec(
+        name=d["name"],
+        root=d.get("root"),
+        download=d.get("download", False),
+        val_size=val_size,
+        labels=tuple(d["labels"]) if d.get("labels") else None,
+        half=d.get("half"),
+        augment=d.get("augment") if d.get("augment") is not None else d["name"].startswith("cifar"),
+        synthetic=synthetic,
+    )
+    for label in dataset.labels or ():
+        if label >= dataset.num_classes:
+            bad("dataset.labels", f"{label} is not a class; allowed: 0..{dataset.num_classes - 1}")
+
+    t = doc["training"]
+    per_epoch = max(1, (train_size - val_size) // t["batch_size"]) if val_size < train_size else 1
+
+    def step(key: str, value: Any) -> int:
+        return parse_step(value, per_epoch)
+
+    duration = step("training.duration", t["duration"])
+    if duration <= 0:
+        bad("training.duration", f"{t['duration']!r} is empty; allowed: at least 1 iteration")
+    milestones = tuple(step("training.milestones", m) for m in t.get("milestones", []))
+    for raw, m in zip(t.get("milestones", []), milestones, strict=True):
+        if m > duration:
+            bad("training.milestones", f"{raw!r} ({m} it) is after the end ({duration} it)")
+    if list(milestones) != sorted(milestones):
+        bad("training.milestones", f"{list(t['milestones'])!r} must be increasing")
+    warmup = step("training.warmup", t.get("warmup", 0))
+    if warmup > duration:
+        bad("training.warmup", f"{t['warmup']!r} ({warmup} it) is longer than the run ({duration} it)")
+    eval_every = step("training.eval_every", t.get("eval_every", 100))
+    if eval_every <= 0:
+        bad("training.eval_every", f"{t.get('eval_every')!r}; allowed: at least 1 iteration")
+    if t.get("nesterov") and not t.get("momentum"):
+        bad("training.nesterov", "true needs training.momentum > 0")
+    if t["optimizer"] == "adam" and (t.get("momentum") or t.get("nesterov")):
+        bad("training.momentum", "momentum/nesterov apply to optimizer: sgd only")
+    training = TrainingSpec(
+        optimizer=t["optimizer"],
+        lr=float(t["lr"]),
+        batch_size=t["batch_size"],
+        duration=duration,
+        momentum=float(t.get("momentum", 0.0)),
+        nesterov=t.get("nesterov", False),
+        weight_decay=float(t.get("weight_decay", 0.0)),
+        l2=float(t.get("l2", 0.0)),
+        bn_l1=float(t.get("bn_l1", 0.0)),
+        milestones=milestones,
+        gamma=float(t.get("gamma", 0.1)),
+        warmup=warmup,
+        eval_every=eval_every,
+        divergence_loss=float(t.get("divergence_loss", 1e4)),
+        checkpoint_every=step("training.checkpoint_every", t.get("checkpoint_every", 0)),
+        device=t.get("device", "auto"),
+    )
+
+    model = _resolve_model(doc["model"], dataset, bad)
+    pruning = _resolve_pruning(doc.get("pruning", {}), model, dataset, bad)
+    rewinding = _resolve_rewinding(doc.get("rewinding", {}), training, step, bad)
+    branches = tuple(doc.get("branches", []))
+    if branches and pruning.rounds == 0:
+        bad("branches", f"{list(branches)} need pruned rounds; set pruning.rounds >= 1")
+    if problems:
+        raise SpecError("\n".join(problems))
+    return ExperimentSpec(
+        name=doc.get("name", default_name),
+        description=doc.get("description", ""),
+        dataset=dataset,
+        model=model,
+        training=training,
+        pruning=pruning,
+        rewinding=rewinding,
+        seeds=tuple(doc.get("seeds", [0])),
+        branches=branches,
+    )
+
+
+def _resolve_model(m: dict[str, Any], dataset: DatasetSpec, bad: Any) -> ModelSpec:
+    from lotto import models
+
+    if m["name"] not in models.model_names():
+        close = difflib.get_close_matches(m["name"], models.model_names(), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        bad("model.name", f"unknown model {m['name']!r}{hint}; choose one of: {', '.join(models.model_names())}")
+        return ModelSpec(name=m["name"])
+    momentum = m.get("bn_momentum", 0.1 if m.get("bn_convention", "torch") == "torch" else 0.9)
+    if m.get("bn_convention") == "tf":
+        momentum = 1.0 - momentum
+    spec = ModelSpec(
+        name=m["name"],
+        dropout=float(m.get("dropout", 0.0)),
+        width=float(m.get("width", 1.0)),
+        bn_momentum=round(float(momentum), 12),
+        bn_eps=float(m.get("bn_eps", 1e-5)),
+    )
+    try:
+        build_model(spec, dataset, device="meta")
+    except ValueError as err:
+        bad("model", str(err))
+    return spec
+
+
+def build_model(model: ModelSpec, dataset: DatasetSpec, device: Any = "cpu") -> Any:
+    """The one place a spec becomes a torch module."""
+    import torch
+
+    from lotto import models
+
+    with torch.device(device):
+        return models.create_model(
+            model.name,
+            input_shape=dataset.input_shape,
+            num_classes=dataset.num_classes,
+            dropout=model.dropout,
+            bn_momentum=model.bn_momentum,
+            bn_eps=model.bn_eps,
+            width=model.width,
+        )
+
+
+def _resolve_pruning(p: dict[str, Any], model: ModelSpec, dataset: DatasetSpec, bad: Any) -> PruningSpec:
+    scope = p.get("scope", "layerwise")
+    rounds = p.get("rounds", 0)
+    target = p.get("target_density")
+    rate, rates = p.get("rate"), dict(p.get("rates", {}))
+    if scope == "global" and "rates" in p:
+        bad("pruning.rates", "per-kind rates are for scope: layerwise; use pruning.rate with scope: global")
+    if scope == "layerwise" and "rate" in p:
+        bad("pruning.rate", "a single rate is for scope: global; use pruning.rates {conv, fc, output}")
+    if target is not None:
+        if rate is not None or rates:
+            bad("pruning.target_density", "give either target_density or rate(s), not both")
+        if rounds < 1:
+            bad("pruning.target_density", "needs pruning.rounds >= 1 to reach it")
+        else:
+            per_round = 1.0 - target ** (1.0 / rounds)
+            rate = per_round if scope == "global" else None
+            rates = {"conv": per_round, "fc": per_round, "output": per_round} if scope == "layerwise" else {}
+    elif rounds > 0 and scope == "global" and rate is None:
+        bad("pruning.rate", "missing: global pruning with rounds >= 1 needs a rate in [0, 1)")
+    elif rounds > 0 and scope == "layerwise" and not rates:
+        bad("pruning.rates", "missing: layer-wise pruning with rounds >= 1 needs rates {conv, fc, output}")
+    if scope == "layerwise" and rates and "output" not in rates:
+        rates["output"] = rates.get("fc", 0.0) / 2
+    if scope == "layerwise" and rounds > 0 and rates and model.name:
+        try:
+            _check_kinds_have_rates(model, dataset, rates, p.get("exclude", []))
+        except ValueError as err:
+            bad("pruning.rates", str(err))
+    exclude = tuple(p.get("exclude", []))
+    if exclude:
+        try:
+            from lotto.masks import prunable_layers
+
+            names = [name for name, _, _ in prunable_layers(build_model(model, dataset, "meta"))]
+            for name in exclude:
+                if name not in names:
+                    bad("pruning.exclude", f"{name!r} is not a prunable layer; choose from: {', '.join(names)}")
+        except ValueError:
+            pass  # an unknown model is reported on its own
+    return PruningSpec(
+        criterion=p.get("criterion", "magnitude"),
+        scope=scope,
+        rounds=rounds,
+        rate=None if rate is None else float(rate),
+        rates=tuple(sorted((k, float(v)) for k, v in rates.items())),
+        exclude=exclude,
+    )
+
+
+def _check_kinds_have_rates(model: ModelSpec, dataset: DatasetSpec, rates: dict, exclude: list) -> None:
+    from lotto.masks import prunable_layers
+
+    kinds = {kind for name, kind, _ in prunable_layers(build_model(model, dataset, "meta")) if name not in exclude}
+    missing = sorted(kinds - set(rates))
+    if missing:
+        raise ValueError(
+            f"{model.name} has {'/'.join(missing)} layers but no rate for them; "
+            f"add {', '.join(missing)} to pruning.rates (0 keeps them dense)"
+        )
+
+
+def _resolve_rewinding(r: dict[str, Any], training: TrainingSpec, step: Any, bad: Any) -> RewindingSpec:
+    weights = r.get("weights", "init")
+    k = step("rewinding.step", r["step"]) if "step" in r else 0
+    if weights == "step" and "step" not in r:
+        bad("rewinding.step", "missing: weights: step needs the iteration k to rewind to")
+    if weights != "step" and "step" in r:
+        bad("rewinding.step", f"only used with weights: step (weights is {weights!r})")
+    if k >= training.duration and weights == "step":
+        bad("rewinding.step", f"{r['step']!r} ({k} it) is not inside the schedule (< {training.duration} it)")
+    back = float(r.get("back", 0.0))
+    if weights == "back" and "back" not in r:
+        bad("rewinding.back", "missing: weights: back needs the fraction X in [0, 1] to rewind")
+    if weights != "back" and "back" in r:
+        bad("rewinding.back", f"only used with weights: back (weights is {weights!r})")
+    lr = r.get("lr", "rewind" if weights == "step" else "restart")
+    if lr == "rewind" and weights != "step":
+        bad("rewinding.lr", f"'rewind' follows the weights' step, so needs weights: step (weights is {weights!r})")
+    offset = k if lr == "rewind" else 0
+    retrain = step("rewinding.retrain", r["retrain"]) if "retrain" in r else training.duration - offset
+    if retrain <= 0:
+        bad("rewinding.retrain", f"{r.get('retrain')!r}; allowed: at least 1 iteration")
+    if weights == "back" and math.floor(back * training.duration) > training.duration:
+        bad("rewinding.back", f"{back}; allowed: 0..1")
+    return RewindingSpec(weights=weights, step=k, back=back, lr=lr, retrain=retrain)

@@ -1,0 +1,290 @@
+"""The one training loop every recipe uses.
+
+A training starts from given weights under a mask, at a given point of the LR schedule,
+for a given number of iterations. Batches are index gathers from tensors already on the
+device; the batch order depends only on (seed, global step), so a round replayed from
+the same start reproduces the same trajectory and a resumed round continues exactly.
+Pruned weights are zeroed right after every optimizer step (not by forward hooks), so
+they stay exactly zero whatever the optimizer's state. The host is synchronised only at
+evaluation points.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lotto import io
+from lotto.data import Splits, augment_batch
+from lotto.masks import Mask, prunable_layers
+from lotto.spec import TrainingSpec
+
+EVAL_BATCH = 2000
+
+
+@dataclass
+class TrainResult:
+    rows: list[dict[str, Any]]
+    state: dict[str, torch.Tensor]
+    snapshots: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
+    status: str = "ok"
+    diverged_step: int | None = None
+    last_finite_loss: float | None = None
+    seconds: float = 0.0
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("training.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def make_optimizer(model: nn.Module, spec: TrainingSpec) -> torch.optim.Optimizer:
+    params = list(model.parameters())
+    if spec.optimizer == "adam":
+        return torch.optim.Adam(params, lr=spec.lr, weight_decay=spec.weight_decay)
+    return torch.optim.SGD(
+        params, lr=spec.lr, momentum=spec.momentum, nesterov=spec.nesterov, weight_decay=spec.weight_decay
+    )
+
+
+def _epoch_order(seed: int, epoch: int, n: int, device: torch.device) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g).to(device)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """Mean loss and accuracy over a whole split, in large no-grad batches."""
+    was_training = model.training
+    model.eval()
+    loss = torch.zeros((), device=x.device)
+    correct = torch.zeros((), device=x.device, dtype=torch.long)
+    for i in range(0, len(x), EVAL_BATCH):
+        out = model(x[i : i + EVAL_BATCH])
+        loss += F.cross_entropy(out, y[i : i + EVAL_BATCH], reduction="sum")
+        correct += (out.argmax(1) == y[i : i + EVAL_BATCH]).sum()
+    model.train(was_training)
+    n = max(1, len(x))
+    return float(loss) / n, float(correct) / n  # host sync: evaluation point
+
+
+class Progress:
+    """Logs iterations/s, current accuracy and ETA at most every `every` seconds."""
+
+    def __init__(self, label: str, total: int, every: float = 10.0, stream: Any = sys.stderr):
+        self.label, self.total, self.every, self.stream = label, total, every, stream
+        self.start = time.perf_counter()
+        self.last = -math.inf
+
+    def update(self, step: int, test_acc: float, done: int, force: bool = False) -> None:
+        now = time.perf_counter()
+        if not force and now - self.last < self.every:
+            return
+        self.last = now
+        elapsed = now - self.start
+        rate = done / elapsed if elapsed > 0 else 0.0
+        eta = (self.total - step) / rate if rate > 0 else float("nan")
+        print(
+            f"[{self.label}] step {step}/{self.total}  {rate:,.0f} it/s  test acc {test_acc:.4f}  "
+            f"ETA {eta:,.0f} s",
+            file=self.stream,
+            flush=True,
+        )
+
+
+def train(
+    model: nn.Module,
+    data: Splits,
+    spec: TrainingSpec,
+    *,
+    mask: Mask,
+    seed: int,
+    steps: int,
+    start: int = 0,
+    constant_lr: bool = False,
+    snapshot_at: Iterable[int] = (),
+    resume_path: Path | None = None,
+    label: str = "train",
+    on_eval: Callable[[int, nn.Module], None] | None = None,
+) -> TrainResult:
+    """Train `model` (already on data's device, weights set) for `steps` iterations.
+
+    `start` is where in the schedule (and the batch order) training begins; with
+    `constant_lr` the LR stays at the schedule's final value (fine-tuning).
+    `snapshot_at` are round-local steps whose weights are returned (rewind points).
+    With `resume_path` and spec.checkpoint_every > 0, progress is saved there and a
+    restarted call continues from it with identical results on CPU.
+    """
+    device = data.train_x.device
+    layers = prunable_layers(model)
+    masked = [m.weight for _, _, m in layers]
+    mask_f = [mask[name].to(device=device, dtype=w.dtype) for (name, _, _), w in zip(layers, masked, strict=True)]
+    decayed = [m.weight for _, _, m in layers] if spec.l2 else []
+    bn_scales = [m.weight for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    optimizer = make_optimizer(model, spec)
+    n_train = len(data.train_x)
+    per_epoch = max(1, n_train // spec.batch_size)
+    final_lr = spec.lr_at(spec.duration)
+    snapshot_at = set(snapshot_at)
+    aug_gen = torch.Generator(device=device)
+
+    with torch.no_grad():
+        torch._foreach_mul_(masked, mask_f)
+    torch.manual_seed(seed * 7919 + start)  # dropout randomness
+
+    rows: list[dict[str, Any]] = []
+    snapshots: dict[int, dict[str, torch.Tensor]] = {}
+    loss_sum = torch.zeros((), device=device)
+    correct_sum = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    step = 0
+    last_finite: float | None = None
+    good_state = _clone_state(model)
+    if resume_path is not None and resume_path.exists():
+        saved = io.load_torch(resume_path, map_location=device)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        torch.set_rng_state(saved["rng_cpu"])
+        if device.type == "cuda" and "rng_cuda" in saved:
+            torch.cuda.set_rng_state(saved["rng_cuda"].cpu())
+        step, seen = int(saved["step"]), int(saved["seen"])
+        loss_sum, correct_sum = saved["loss_sum"].to(device), saved["correct_sum"].to(device)
+        rows = [_row_from_saved(r) for r in saved["rows"]]
+        snapshots = saved["snapshots"]
+        last_finite = None if saved["last_finite"] < 0 else float(saved["last_finite"])
+        good_state = saved["good_state"]
+        print(f"[{label}] resumed at step {step}/{steps} from {resume_path}", file=sys.stderr, flush=True)
+
+    progress = Progress(label, steps)
+    t0 = time.perf_counter()
+    order, order_epoch = None, -1
+
+    def evaluate_now(at: int) -> bool:
+        """Record train/val/test rows at step `at`; False if training diverged."""
+        nonlocal loss_sum, correct_sum, seen, last_finite, good_state
+        lr = final_lr if constant_lr else spec.lr_at(start + max(at - 1, 0))
+        if seen:
+            train_loss = float(loss_sum) / seen  # host sync: evaluation point
+            if not math.isfinite(train_loss) or train_loss > spec.divergence_loss:
+                rows.append(_row(at, "train", train_loss, float(correct_sum) / seen, lr, "diverged"))
+                return False
+            rows.append(_row(at, "train", train_loss, float(correct_sum) / seen, lr))
+            last_finite = train_loss
+        val = evaluate(model, data.val_x, data.val_y) if len(data.val_x) else (math.nan, math.nan)
+        test = evaluate(model, data.test_x, data.test_y)
+        rows.append(_row(at, "val", *val, lr))
+        rows.append(_row(at, "test", *test, lr))
+        loss_sum = torch.zeros((), device=device)
+        correct_sum = torch.zeros((), device=device, dtype=torch.long)
+        seen = 0
+        good_state = _clone_state(model)
+        if on_eval is not None:
+            on_eval(at, model)
+        progress.update(at, test[1], at - step0, force=at == steps)
+        return True
+
+    step0 = step
+    status = "ok"
+    diverged_step = None
+    model.train()
+    if step == 0:
+        if 0 in snapshot_at:
+            snapshots[0] = _clone_state(model)
+        evaluate_now(0)
+    while step < steps:
+        global_step = start + step
+        epoch, pos = divmod(global_step, per_epoch)
+        if epoch != order_epoch:
+            order, order_epoch = _epoch_order(seed, epoch, n_train, device), epoch
+        idx = order[pos * spec.batch_size : (pos + 1) * spec.batch_size]
+        x, y = data.train_x[idx], data.train_y[idx]
+        if data.augment:
+            aug_gen.manual_seed(seed * 1_000_003 + global_step)
+            x = augment_batch(x, aug_gen)
+        for group in optimizer.param_groups:
+            group["lr"] = final_lr if constant_lr else spec.lr_at(global_step)
+        out = model(x)
+        loss = F.cross_entropy(out, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if decayed:
+            torch._foreach_add_([w.grad for w in decayed], decayed, alpha=2.0 * spec.l2)
+        if spec.bn_l1:
+            for g in bn_scales:
+                g.grad.add_(torch.sign(g.detach()), alpha=spec.bn_l1)
+        optimizer.step()
+        with torch.no_grad():
+            torch._foreach_mul_(masked, mask_f)
+            loss_sum += loss.detach() * len(y)
+            correct_sum += (out.argmax(1) == y).sum()
+        seen += len(y)
+        step += 1
+        if step in snapshot_at:
+            snapshots[step] = _clone_state(model)
+        if step % spec.eval_every == 0 or step == steps:
+            if not evaluate_now(step):
+                status, diverged_step = "diverged", step
+                print(f"[{label}] diverged before step {step}; last finite train loss {last_finite}",
+                      file=sys.stderr, flush=True)
+                break
+        if resume_path is not None and spec.checkpoint_every and step % spec.checkpoint_every == 0 and step < steps:
+            _save_resume(resume_path, model, optimizer, step, seen, loss_sum, correct_sum, rows,
+                         snapshots, last_finite, good_state, device)
+
+    if status == "diverged":
+        model.load_state_dict(good_state)
+        for r in rows:
+            r.setdefault("status", "ok")
+    return TrainResult(
+        rows=rows,
+        state=_clone_state(model),
+        snapshots=snapshots,
+        status=status,
+        diverged_step=diverged_step,
+        last_finite_loss=last_finite,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def _row(step: int, split: str, loss: float, accuracy: float, lr: float, status: str = "ok") -> dict[str, Any]:
+    return {"step": step, "split": split, "loss": loss, "accuracy": accuracy, "lr": lr, "status": status}
+
+
+def _row_from_saved(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in row.items()}
+
+
+def _clone_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _save_resume(path: Path, model, optimizer, step, seen, loss_sum, correct_sum, rows, snapshots,
+                 last_finite, good_state, device) -> None:
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "rng_cpu": torch.get_rng_state(),
+        "step": step,
+        "seen": seen,
+        "loss_sum": loss_sum,
+        "correct_sum": correct_sum,
+        "rows": rows,
+        "snapshots": snapshots,
+        "last_finite": -1.0 if last_finite is None else last_finite,
+        "good_state": good_state,
+    }
+    if device.type == "cuda":
+        state["rng_cuda"] = torch.cuda.get_rng_state()
+    io.save_torch(path, state)
