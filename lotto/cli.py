@@ -107,6 +107,48 @@ def cmd_collect(args: argparse.Namespace) -> None:
     metrics.write_frame(args.out, frame)
 
 
+def _read_metrics(paths: list[str]):
+    from lotto import metrics
+
+    for path in paths:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{path}: metrics file not found; run the workflow (or `collect`) first")
+    return metrics.read(paths)
+
+
+def cmd_figure(args: argparse.Namespace) -> None:
+    from lotto import figures
+
+    frame = _read_metrics(args.metrics)
+    if args.kind == "accuracy":
+        figures.accuracy_vs_density(frame, args.out, which=args.which, title=args.title)
+    elif args.kind == "early_stop":
+        figures.early_stop_vs_density(frame, args.out, title=args.title)
+    else:
+        if not args.densities:
+            raise ValueError("--kind curves needs --densities, e.g. --densities 1.0 0.5 0.2")
+        figures.curves(frame, args.out, densities=args.densities, title=args.title)
+
+
+def cmd_tables(args: argparse.Namespace) -> None:
+    from lotto import tables
+
+    tables.write_tables(_read_metrics(args.metrics), args.md, args.tex, args.html)
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from lotto import report
+
+    specs = {}
+    for path in args.specs:
+        spec = _read_spec(path)
+        specs[spec.name] = spec.to_dict()
+    benchmarks = [Path(p) for p in args.benchmarks]
+    root = args.benchmark_root or (os.path.commonpath([p.parent for p in benchmarks]) if benchmarks else ".")
+    facts = report.collect_run_facts(benchmarks, Path(root))
+    report.write_report(args.out, specs=specs, figures=args.figures, tables=args.tables, run_facts=facts)
+
+
 def cmd_status(args: argparse.Namespace) -> None:
     from lotto import status
 
@@ -170,6 +212,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("inputs", nargs="+")
+
+    p = verb("figure", cmd_figure, "plot a figure (PNG and PDF) from metrics tables")
+    p.add_argument("--metrics", nargs="+", required=True, help="metrics parquet files")
+    p.add_argument("--kind", required=True, choices=["accuracy", "early_stop", "curves"])
+    p.add_argument("--out", required=True, help="output .png; the .pdf is written beside it")
+    p.add_argument("--which", default="early_stop", choices=["early_stop", "final"],
+                   help="kind accuracy: test accuracy at the early-stop iteration or at the end")
+    p.add_argument("--densities", nargs="+", type=float, help="kind curves: densities to show (0-1]")
+    p.add_argument("--title")
+
+    p = verb("tables", cmd_tables, "summary tables (Markdown, LaTeX, HTML) from metrics tables")
+    p.add_argument("--metrics", nargs="+", required=True, help="metrics parquet files")
+    p.add_argument("--md", required=True)
+    p.add_argument("--tex", required=True)
+    p.add_argument("--html", help="HTML fragment for the report")
+
+    p = verb("report", cmd_report, "the HTML report: figures, tables, specs and run facts")
+    p.add_argument("--out", required=True, help="report .html; links are relative to its folder")
+    p.add_argument("--specs", nargs="+", required=True, help="resolved specs (.json) or experiments")
+    p.add_argument("--figures", nargs="*", default=[], help="figure .png files")
+    p.add_argument("--tables", nargs="*", default=[], help="table .html fragments")
+    p.add_argument("--benchmarks", nargs="*", default=[], help="Snakemake benchmark .tsv files")
+    p.add_argument("--benchmark-root", help="jobs are named by their path under it "
+                   "(default: the deepest folder holding all benchmark files)")
 
     p = verb("status", cmd_status, "which rounds and branches are done, running or pending")
     p.add_argument("--results", default="results")

@@ -1,0 +1,242 @@
+"""The papers' figures from a metrics table, sized for a single paper column.
+
+Every function takes a metrics DataFrame (one or several experiments, lotto.metrics.SCHEMA)
+and an output `*.png`; it writes the PNG (200 dpi) and a PDF with the same stem beside it,
+each atomically, and returns the matplotlib Figure so that callers and tests can inspect it.
+
+Conventions shared by the density plots: x is the percent of prunable weights remaining on
+a log scale, inverted so the dense network (100%) is on the left; one line per
+(experiment, branch) is the mean over seeds with min/max error bars; runs that diverged are
+drawn as red crosses and left out of the mean; the dense network's mean (round 0) is a
+dashed horizontal line.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.container import ErrorbarContainer
+from matplotlib.figure import Figure
+from matplotlib.ticker import FixedFormatter, FixedLocator, NullFormatter, NullLocator
+
+from lotto import io, metrics
+
+matplotlib.use("Agg")  # no display needed on cluster nodes; figures are only saved
+
+SIZE_IN = (3.5, 2.6)  # single column
+DPI = 200
+MAX_DENSITY_TICKS = 7
+LEGEND_INSIDE_MAX = 4  # more entries go below the axes
+LEGEND_ROW_IN, LEGEND_PAD_IN = 0.17, 0.1
+STYLE = {
+    "font.size": 8,
+    "axes.titlesize": 9,
+    "axes.labelsize": 8,
+    "xtick.labelsize": 8,
+    "ytick.labelsize": 8,
+    "legend.fontsize": 8,
+    "lines.linewidth": 1.2,
+    "lines.markersize": 3.5,
+    "errorbar.capsize": 2,
+    "pdf.fonttype": 42,  # embed TrueType so the PDF text stays editable/searchable
+}
+MARKERS = ("o", "s", "^", "D", "v", "P", "*")
+DIVERGED_LABEL = "diverged (not in mean)"
+WHICH = {
+    "early_stop": ("early_stop_accuracy", "Test accuracy at early stop (%)"),
+    "final": ("final_accuracy", "Final test accuracy (%)"),
+}
+
+
+def accuracy_vs_density(
+    frame: pd.DataFrame, out: str | Path, *, which: str = "early_stop", title: str | None = None
+) -> Figure:
+    """Test accuracy (at the early-stop iteration, or at the end) vs percent of weights remaining."""
+    if which not in WHICH:
+        raise ValueError(f"unknown accuracy {which!r}; choose one of: {', '.join(WHICH)}")
+    column, ylabel = WHICH[which]
+    runs = _summaries(frame)
+    runs["value"] = runs[column] * 100
+    return _density_figure(runs, out, ylabel=ylabel, title=title)
+
+
+def early_stop_vs_density(frame: pd.DataFrame, out: str | Path, *, title: str | None = None) -> Figure:
+    """Early-stop iteration (minimum validation loss) vs percent of weights remaining."""
+    runs = _summaries(frame)
+    runs["value"] = runs["early_stop_step"].astype(float)
+    return _density_figure(runs, out, ylabel="Early-stop iteration", title=title)
+
+
+def curves(
+    frame: pd.DataFrame, out: str | Path, *, densities: list[float], title: str | None = None
+) -> Figure:
+    """Test accuracy vs iteration of the main-branch rounds closest (in log density) to each
+    requested density; mean over the seeds that did not diverge."""
+    if not densities:
+        raise ValueError("curves need at least one density, e.g. 1.0 0.5 0.2")
+    for d in densities:
+        if not 0 < d <= 1:
+            raise ValueError(f"density {d!r} is out of range; allowed: 0 < density <= 1")
+    main = _require_rows(frame)
+    main = main[main.branch == "main"]
+    if main.empty:
+        raise ValueError("no 'main' branch rows in the metrics; curves plot the pruning chain only")
+    runs = metrics.summarize(main)
+    experiments = sorted(main.experiment.unique())
+    with matplotlib.rc_context(STYLE):
+        fig, ax = _new_axes()
+        colors = matplotlib.colormaps["viridis"](np.linspace(0, 0.9, len(densities)))
+        for exp_index, experiment in enumerate(experiments):
+            exp_runs = runs[runs.experiment == experiment]
+            round_density = exp_runs.groupby("round").density.mean()
+            chosen = list(dict.fromkeys(_closest_round(round_density, d) for d in densities))
+            for round_, color in zip(chosen, colors, strict=False):
+                ok_seeds = exp_runs[(exp_runs["round"] == round_) & (exp_runs.status == "ok")].seed
+                n_diverged = int(((exp_runs["round"] == round_) & (exp_runs.status != "ok")).sum())
+                rows = main[
+                    (main.experiment == experiment)
+                    & (main["round"] == round_)
+                    & (main.split == "test")
+                    & main.seed.isin(ok_seeds)
+                ]
+                label = _percent_label(round_density[round_] * 100) + "%"
+                if len(experiments) > 1:
+                    label = f"{experiment}: {label}"
+                if n_diverged:
+                    label += f" ({n_diverged} diverged, not in mean)"
+                if rows.empty:
+                    continue
+                mean = rows.groupby("step").accuracy.mean() * 100
+                ax.plot(mean.index, mean.values, color=color, label=label,
+                        linestyle=("-", "--", ":", "-.")[exp_index % 4])
+        ax.set_xlabel("Training iteration")
+        ax.set_ylabel("Test accuracy (%)")
+        _finish(fig, ax, out, title)
+    return fig
+
+
+def _summaries(frame: pd.DataFrame) -> pd.DataFrame:
+    runs = metrics.summarize(_require_rows(frame))
+    runs["percent"] = runs.density * 100
+    return runs
+
+
+def _require_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    if frame.empty:
+        raise ValueError("the metrics table has no rows; nothing to plot")
+    return frame
+
+
+def _closest_round(round_density: pd.Series, density: float) -> int:
+    distance = (np.log(round_density) - math.log(density)).abs()
+    return int(distance.idxmin())
+
+
+def _line_label(experiment: str, branch: str) -> str:
+    return experiment if branch == "main" else f"{experiment}: {branch.replace('_', ' ')}"
+
+
+def _density_figure(runs: pd.DataFrame, out: str | Path, *, ylabel: str, title: str | None) -> Figure:
+    experiments = sorted(runs.experiment.unique())
+    with matplotlib.rc_context(STYLE):
+        fig, ax = _new_axes()
+        colors = iter(matplotlib.colormaps["tab10"].colors * 4)
+        for experiment in experiments:
+            exp_runs = runs[runs.experiment == experiment]
+            branches = sorted(exp_runs.branch.unique(), key=lambda b: (b != "main", b))
+            main_color = None
+            for index, branch in enumerate(branches):
+                color = next(colors)
+                main_color = main_color or color
+                line = exp_runs[(exp_runs.branch == branch) & (exp_runs.status == "ok")]
+                stats = line.groupby("round").agg(
+                    x=("percent", "mean"), y=("value", "mean"), lo=("value", "min"), hi=("value", "max")
+                )
+                x, y, lo, hi = (stats[c].to_numpy(dtype=float) for c in ("x", "y", "lo", "hi"))
+                ax.errorbar(
+                    x, y, yerr=[y - lo, hi - y],
+                    color=color, marker=MARKERS[index % len(MARKERS)],
+                    label=_line_label(experiment, branch),
+                )
+            dense = exp_runs[(exp_runs["round"] == 0) & (exp_runs.status == "ok")].value
+            if len(dense):
+                label = "dense" if len(experiments) == 1 else f"{experiment}: dense"
+                ax.axhline(dense.mean(), color=main_color, linestyle="--", linewidth=0.8, label=label)
+        diverged = runs[runs.status != "ok"]
+        if len(diverged):
+            ax.plot(diverged.percent.to_numpy(), diverged.value.to_numpy(), linestyle="none", marker="x", color="red",
+                    markersize=5, label=DIVERGED_LABEL)
+        _density_axis(ax, runs.percent.unique())
+        ax.set_ylabel(ylabel)
+        _finish(fig, ax, out, title)
+    return fig
+
+
+def _density_axis(ax, percents: np.ndarray) -> None:
+    """Log x axis, 100% on the left, labelled at the densities present (thinned to fit)."""
+    ax.set_xscale("log")
+    ticks = density_ticks(percents)
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_major_formatter(FixedFormatter([_percent_label(t) for t in ticks]))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    low, high = float(np.min(percents)), float(np.max(percents))
+    pad = 1.15 if high > low else 1.5
+    ax.set_xlim(high * pad, low / pad)  # inverted: dense on the left
+    ax.set_xlabel("Weights remaining (%)")
+
+
+def density_ticks(percents, max_ticks: int = MAX_DENSITY_TICKS) -> list[float]:
+    """The densities to label, from the largest down, skipping those that would crowd the axis
+    (closer in log10 than the span divided into `max_ticks - 1` gaps)."""
+    values = sorted({float(p) for p in percents if p > 0}, reverse=True)
+    if not values:
+        return []
+    gap = math.log10(values[0] / values[-1]) / max(max_ticks - 1, 1)
+    ticks = [values[0]]
+    for value in values[1:]:
+        if math.log10(ticks[-1] / value) >= gap * 0.999:
+            ticks.append(value)
+    return ticks
+
+
+def _percent_label(percent: float) -> str:
+    return f"{percent:.3g}"
+
+
+def _new_axes():
+    fig = Figure(figsize=SIZE_IN, dpi=DPI, layout="constrained")
+    ax = fig.add_subplot()
+    ax.grid(True, linewidth=0.3, alpha=0.5)
+    return fig, ax
+
+
+def _finish(fig: Figure, ax, out: str | Path, title: str | None) -> None:
+    if title:
+        ax.set_title(title)
+    handles, labels = ax.get_legend_handles_labels()
+    # the mean lines (error-bar containers) first, then reference lines and markers
+    order = sorted(range(len(handles)), key=lambda i: not isinstance(handles[i], ErrorbarContainer))
+    handles, labels = [handles[i] for i in order], [labels[i] for i in order]
+    if len(handles) > LEGEND_INSIDE_MAX:
+        # a long legend would hide the data: put it below and grow the figure to keep the axes
+        rows = math.ceil(len(handles) / 2)
+        fig.set_figheight(SIZE_IN[1] + LEGEND_PAD_IN + rows * LEGEND_ROW_IN)
+        fig.legend(handles, labels, loc="outside lower center", ncol=2, handlelength=1.8, frameon=False)
+    elif handles:
+        ax.legend(handles, labels, loc="best", framealpha=0.8, handlelength=1.8, borderaxespad=0.3)
+    save(fig, out)
+
+
+def save(fig: Figure, out: str | Path) -> None:
+    """Write `out` (PNG, 200 dpi) and the PDF beside it, each atomically."""
+    png = Path(out)
+    if png.suffix.lower() != ".png":
+        raise ValueError(f"{png}: figure output must end in .png (the PDF is written beside it)")
+    for path, fmt in ((png, "png"), (png.with_suffix(".pdf"), "pdf")):
+        with io.atomic_path(path) as tmp:
+            fig.savefig(tmp, format=fmt, dpi=DPI)

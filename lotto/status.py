@@ -1,0 +1,96 @@
+"""`python -m lotto status`: which trainings of each experiment are done, in progress or
+pending, read from the results folder alone (no Snakemake, no torch).
+
+Expected trainings come from `results/<experiment>/spec.json`: for every seed, the dense
+round 0 (shared, in `results/dense/<dense_key>/seed<S>/`), the pruned rounds 1..N in
+`results/<experiment>/seed<S>/round<R>/`, and each control branch of each pruned round in
+`round<R>/<branch>/`. A training is done when its metrics.parquet exists, in progress when
+its folder exists without one (a running or interrupted job; resume.pt holds its progress),
+and pending otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from lotto import io, metrics
+from lotto.spec import ExperimentSpec
+
+HEADER = ("seed", "round", "branch", "state", "density", "acc@stop", "acc@final", "note")
+
+
+@dataclass(frozen=True)
+class Training:
+    seed: int
+    round: int
+    branch: str
+    directory: Path
+
+
+def expected_trainings(spec: ExperimentSpec, results: Path) -> list[Training]:
+    """Every training the workflow runs for `spec`, in chain order."""
+    out = []
+    for seed in spec.seeds:
+        out.append(Training(seed, 0, "main", results / "dense" / spec.dense_key / f"seed{seed}"))
+        for round_ in range(1, spec.pruning.rounds + 1):
+            round_dir = results / spec.name / f"seed{seed}" / f"round{round_}"
+            out.append(Training(seed, round_, "main", round_dir))
+            out.extend(Training(seed, round_, branch, round_dir / branch) for branch in spec.branches)
+    return out
+
+
+def training_state(training: Training) -> dict[str, str]:
+    """State and, when done, density and test accuracies (at early stop and final) in %."""
+    row = {"state": "pending", "density": "-", "acc@stop": "-", "acc@final": "-", "note": ""}
+    metrics_file = training.directory / "metrics.parquet"
+    if metrics_file.exists():
+        try:
+            summary = metrics.summarize(metrics.read([metrics_file])).iloc[0]
+        except (io.CorruptFileError, ValueError, KeyError) as err:
+            return {**row, "state": "corrupt", "note": str(err).splitlines()[0]}
+        return {
+            "state": "done",
+            "density": f"{summary.density * 100:.3g}%",
+            "acc@stop": f"{summary.early_stop_accuracy * 100:.2f}%",
+            "acc@final": f"{summary.final_accuracy * 100:.2f}%",
+            "note": "diverged" if summary.status == "diverged" else "",
+        }
+    if training.directory.is_dir():
+        resumable = (training.directory / "resume.pt").exists()
+        return {**row, "state": "in progress", "note": "resume.pt saved" if resumable else ""}
+    return row
+
+
+def render(results: Path) -> str:
+    """A plain-text status of every experiment under `results`."""
+    spec_files = sorted(Path(results).glob("*/spec.json"))
+    if not spec_files:
+        return f"{results}: no experiments yet (no {results}/<experiment>/spec.json)"
+    return "\n\n".join(_render_experiment(path, Path(results)) for path in spec_files)
+
+
+def _render_experiment(spec_file: Path, results: Path) -> str:
+    try:
+        spec = ExperimentSpec.from_dict(json.loads(spec_file.read_text()))
+    except (ValueError, KeyError, TypeError) as err:
+        return f"{spec_file}: unreadable spec ({type(err).__name__}: {err}); rerun the workflow to rewrite it"
+    rows = []
+    for training in expected_trainings(spec, results):
+        state = training_state(training)
+        rows.append((str(training.seed), str(training.round), training.branch, *state.values()))
+    counts = {s: sum(r[3] == s for r in rows) for s in ("done", "in progress", "pending", "corrupt")}
+    collected = (results / spec.name / "metrics.parquet").exists()
+    title = (
+        f"{spec.name}  (dense {spec.dense_key}; {spec.pruning.rounds} pruned rounds; "
+        f"branches: {', '.join(spec.branches) or 'none'}; seeds: {', '.join(map(str, spec.seeds))})"
+    )
+    summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n) + f" of {len(rows)}"
+    summary += "; collected table written" if collected else ""
+    return "\n".join([title, *_table([HEADER, *rows]), f"  {summary}"])
+
+
+def _table(rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(HEADER))]
+    return ["  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]

@@ -1,0 +1,136 @@
+"""Summary tables of an experiment: one row per (experiment, branch, round), in Markdown,
+LaTeX (booktabs) and HTML, all rendered by jinja2 from the same numbers.
+
+Each row gives the percent of weights remaining and, over the seeds that did not diverge,
+mean ± sample std (ddof=1) of the early-stop iteration, the test accuracy there and the final
+test accuracy (in %), plus how many seeds ran and how many diverged.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import cache
+from pathlib import Path
+
+import jinja2
+import pandas as pd
+
+from lotto import io, metrics
+
+STATS = {
+    "early_stop": "early_stop_step",
+    "early_stop_accuracy": "early_stop_accuracy",
+    "final_accuracy": "final_accuracy",
+}
+CAPTION = "Mean ± std over the seeds that did not diverge (accuracies in %)."
+
+
+@cache
+def template_environment() -> jinja2.Environment:
+    """The package's templates; HTML templates are autoescaped, Markdown and LaTeX are not."""
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("lotto", "templates"),
+        autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2",), default_for_string=False),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """The numbers behind every table: one row per (experiment, branch, round), main branch first."""
+    if frame.empty:
+        raise ValueError("the metrics table has no rows; nothing to tabulate")
+    runs = metrics.summarize(frame)
+    runs["early_stop_accuracy"] *= 100
+    runs["final_accuracy"] *= 100
+    rows = []
+    for (experiment, branch, round_), group in runs.groupby(["experiment", "branch", "round"]):
+        ok = group[group.status == "ok"]
+        row = {
+            "experiment": experiment,
+            "branch": branch,
+            "round": int(round_),
+            "percent": float(group.density.mean() * 100),
+            "seeds": len(group),
+            "diverged": int((group.status != "ok").sum()),
+        }
+        for name, column in STATS.items():
+            row[f"{name}_mean"] = float(ok[column].mean()) if len(ok) else math.nan
+            row[f"{name}_std"] = float(ok[column].std(ddof=1)) if len(ok) > 1 else math.nan
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    order = table.assign(_not_main=table.branch != "main")
+    return table.loc[order.sort_values(["experiment", "_not_main", "branch", "round"]).index].reset_index(
+        drop=True
+    )
+
+
+def write_tables(
+    frame: pd.DataFrame, out_md: str | Path, out_tex: str | Path, out_html: str | Path | None = None
+) -> pd.DataFrame:
+    """Write the Markdown and LaTeX tables (and the HTML fragment when asked); return the numbers."""
+    table = summary_table(frame)
+    env = template_environment()
+    outputs = [(out_md, "table.md.j2", " ± ", _plain), (out_tex, "table.tex.j2", r" $\pm$ ", _latex)]
+    if out_html is not None:
+        outputs.append((out_html, "table.html.j2", " ± ", _plain))
+    for out, template, pm, escape in outputs:
+        header, rows = _cells(table, pm, escape)
+        text = env.get_template(template).render(
+            header=header, rows=rows, caption=escape(_caption(table)), numeric_from=len(header) - 6
+        )
+        io.write_text(out, text)
+    return table
+
+
+def _caption(table: pd.DataFrame) -> str:
+    return f"{', '.join(table.experiment.unique())}. {CAPTION}"
+
+
+def _cells(table: pd.DataFrame, pm: str, escape) -> tuple[list[str], list[dict]]:
+    """Header and formatted rows; `group_start` marks where a new (experiment, branch) begins."""
+    several = table.experiment.nunique() > 1
+    header = [escape(name) for name in (["Experiment"] if several else []) + [
+        "Branch", "Weights remaining (%)", "Early-stop iteration",
+        "Test acc. at early stop (%)", "Final test acc. (%)", "Seeds", "Diverged",
+    ]]
+    rows, previous = [], None
+    for row in table.itertuples(index=False):
+        cells = [escape(row.experiment)] if several else []
+        cells += [
+            escape(row.branch),
+            f"{row.percent:.3g}",
+            _mean_std(row.early_stop_mean, row.early_stop_std, 0, pm),
+            _mean_std(row.early_stop_accuracy_mean, row.early_stop_accuracy_std, 2, pm),
+            _mean_std(row.final_accuracy_mean, row.final_accuracy_std, 2, pm),
+            str(row.seeds),
+            str(row.diverged),
+        ]
+        key = (row.experiment, row.branch)
+        rows.append({"cells": cells, "group_start": previous is not None and key != previous})
+        previous = key
+    return header, rows
+
+
+def _mean_std(mean: float, std: float, digits: int, pm: str) -> str:
+    if math.isnan(mean):
+        return "–"
+    if math.isnan(std):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f}{pm}{std:.{digits}f}"
+
+
+def _plain(text: str) -> str:
+    return str(text)
+
+
+_LATEX_SPECIAL = {
+    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$",
+}
+
+
+def _latex(text: str) -> str:
+    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(text))
