@@ -147,6 +147,14 @@ class ExperimentSpec:
     description: str = ""
 
     @property
+    def data_key(self) -> str:
+        """Name of the prepared data file: the dataset, or synthetic-<hash of its options>."""
+        if self.dataset.synthetic is None:
+            return self.dataset.name
+        text = json.dumps(self.dataset.synthetic, sort_keys=True)
+        return f"synthetic-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+
+    @property
     def dense_key(self) -> str:
         return _hash({"dataset": self.dataset, "model": self.model, "training": self.training})
 
@@ -255,7 +263,7 @@ def _describe(error: Any) -> str:
     }
     if kind in bounds:
         return f"{where}: {value!r} is out of range; allowed: {bounds[kind]} {error.validator_value}"
-    if kind == "oneOf" and "step" in str(error.schema.get("description", "")):
+    if kind == "oneOf" and error.schema == experiment_schema()["$defs"]["step"]:
         return (
             f"{where}: {value!r} is not a valid step; allowed: a non-negative integer "
             "(iterations), '<n>it' or '<n>ep'"
