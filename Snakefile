@@ -1,0 +1,47 @@
+# lotto: lottery-ticket pruning studies as a cached, resumable DAG.
+#   snakemake --cores all                      run config/config.yaml (the quickstart)
+#   snakemake --cores all --resources gpu=4    a 4-GPU workstation
+#   snakemake --profile profiles/slurm         a SLURM cluster
+#   snakemake figures | tables | report        re-render from cached results
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/train.smk"
+include: "rules/aggregate.smk"
+
+
+localrules:
+    all,
+    figures,
+    tables,
+    report,
+
+
+rule all:
+    input:
+        "results/report.html",
+        figure_targets(),
+        table_targets(),
+    default_target: True
+
+
+rule figures:
+    input:
+        figure_targets(),
+
+
+rule tables:
+    input:
+        table_targets(),
+
+
+rule report:
+    input:
+        "results/report.html",

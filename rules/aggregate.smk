@@ -1,0 +1,68 @@
+rule collect:
+    input:
+        lambda w: experiment_metrics(w.experiment),
+    output:
+        "results/{experiment}/metrics.parquet",
+    log:
+        "results/logs/{experiment}/collect.log",
+    conda:
+        "../envs/lotto.yaml"
+    shell:
+        "python -m lotto collect --experiment {wildcards.experiment} --out {output} {input} > {log} 2>&1"
+
+
+rule render_figure:
+    input:
+        "results/{experiment}/metrics.parquet",
+    output:
+        png=report(
+            "results/figures/{experiment}/{kind}.png",
+            caption="../report/figure.rst",
+            category="{experiment}",
+        ),
+        pdf="results/figures/{experiment}/{kind}.pdf",
+    params:
+        which=config.get("plots", {}).get("which", "early_stop"),
+        densities=" ".join(
+            map(str, config.get("plots", {}).get("curve_densities", [1.0, 0.5, 0.2, 0.1]))
+        ),
+    log:
+        "results/logs/{experiment}/figure-{kind}.log",
+    conda:
+        "../envs/lotto.yaml"
+    shell:
+        "python -m lotto figure --metrics {input} --kind {wildcards.kind} --which {params.which} "
+        "--densities {params.densities} --title {wildcards.experiment} --out {output.png} > {log} 2>&1"
+
+
+rule render_tables:
+    input:
+        "results/{experiment}/metrics.parquet",
+    output:
+        md="results/tables/{experiment}.md",
+        tex="results/tables/{experiment}.tex",
+        html="results/tables/{experiment}.html",
+    log:
+        "results/logs/{experiment}/tables.log",
+    conda:
+        "../envs/lotto.yaml"
+    shell:
+        "python -m lotto tables --metrics {input} --md {output.md} --tex {output.tex} "
+        "--html {output.html} > {log} 2>&1"
+
+
+rule html_report:
+    input:
+        specs=expand("results/{experiment}/spec.json", experiment=EXPERIMENTS),
+        figures=figure_targets(),
+        tables=expand("results/tables/{experiment}.html", experiment=EXPERIMENTS),
+        benchmarks=[b for e in EXPERIMENTS for b in experiment_benchmarks(e)],
+    output:
+        "results/report.html",
+    log:
+        "results/logs/report.log",
+    conda:
+        "../envs/lotto.yaml"
+    shell:
+        "python -m lotto report --out {output} --specs {input.specs} --figures {input.figures} "
+        "--tables {input.tables} --benchmarks {input.benchmarks} > {log} 2>&1"

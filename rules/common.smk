@@ -1,0 +1,199 @@
+# The only place where config meets the workflow: validation, resolved experiments,
+# paths and the input functions the rules call. The lotto package never sees `config`.
+import json
+import re
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from snakemake.utils import validate
+
+from lotto.spec import PruningSpec, RewindingSpec, SpecError, load_experiment
+from lotto.rounds import start_point
+
+
+validate(config, schema="../config/schema/config.schema.yaml")
+
+RESERVED = {"data", "dense", "figures", "tables", "logs", "benchmarks"}
+FIGURE_KINDS = ["accuracy", "early_stop", "curves"]
+
+
+def _experiment_file(entry):
+    path = Path(entry)
+    return path if path.suffix in (".yaml", ".yml") else Path("config/experiments") / f"{entry}.yaml"
+
+
+def _load_experiments(entries):
+    """Resolve every experiment before any job starts; report all errors at once, no traceback."""
+    specs, problems = {}, []
+    for entry in entries:
+        path = _experiment_file(entry)
+        try:
+            spec = load_experiment(path)
+        except SpecError as err:
+            problems.append(str(err))
+            continue
+        if spec.name in RESERVED:
+            problems.append(f"{path}: name: {spec.name!r} is reserved; choose another name")
+        elif spec.name in specs:
+            problems.append(f"{path}: name: {spec.name!r} is used by two experiments")
+        specs[spec.name] = spec
+    if problems:
+        sys.exit("lotto: invalid configuration\n" + "\n".join(problems))
+    return specs
+
+
+EXPERIMENTS = _load_experiments(config["experiments"])
+DENSE = {}  # dense_key -> the spec whose data/model/training round 0 uses
+for _spec in EXPERIMENTS.values():
+    DENSE.setdefault(_spec.dense_key, _spec)
+
+
+def use_gpu(spec):
+    if spec.training.device != "auto":
+        return spec.training.device == "cuda"
+    choice = config.get("use_gpu", "auto")
+    if choice == "auto":
+        import torch
+
+        return torch.cuda.is_available()
+    return bool(choice)
+
+
+DATA = {spec.data_key: spec for spec in EXPERIMENTS.values()}
+
+
+wildcard_constraints:
+    experiment="|".join(re.escape(name) for name in EXPERIMENTS),
+    key=r"[0-9a-f]{12}",
+    seed=r"\d+",
+    round=r"\d+",
+    step=r"\d+",
+    branch="reinit|random_mask|oneshot",
+    kind="|".join(FIGURE_KINDS),
+    dataset=r"[A-Za-z0-9_-]+",
+
+
+# --- resolved specs passed to jobs as JSON (a param, so only real changes rerun) ----------
+
+
+def recipe_json(experiment):
+    """What determines an experiment's rounds: not its seeds, branches or description."""
+    spec = EXPERIMENTS[experiment]
+    return json.dumps(replace(spec, seeds=(0,), branches=(), description="").to_dict(), sort_keys=True)
+
+
+def dense_json(key):
+    spec = DENSE[key]
+    dense = replace(
+        spec,
+        name=f"dense-{key}",
+        seeds=(0,),
+        branches=(),
+        description="",
+        pruning=PruningSpec(),
+        rewinding=RewindingSpec(),
+    )
+    return json.dumps(dense.to_dict(), sort_keys=True)
+
+
+def full_json(experiment):
+    return json.dumps(EXPERIMENTS[experiment].to_dict(), sort_keys=True)
+
+
+# --- paths --------------------------------------------------------------------------
+
+
+def data_file(spec):
+    return f"results/data/{spec.data_key}.pt"
+
+
+def dense_dir(spec, seed):
+    return f"results/dense/{spec.dense_key}/seed{seed}"
+
+
+def round_dir(experiment, seed, round_):
+    round_ = int(round_)
+    if round_ == 0:
+        return dense_dir(EXPERIMENTS[experiment], seed)
+    return f"results/{experiment}/seed{seed}/round{round_}"
+
+
+def training_files(directory):
+    return {
+        "checkpoint": f"{directory}/checkpoint.pt",
+        "mask": f"{directory}/mask.pt",
+        "metrics": f"{directory}/metrics.parquet",
+    }
+
+
+def round_inputs(wildcards):
+    spec = EXPERIMENTS[wildcards.experiment]
+    r, seed = int(wildcards.round), wildcards.seed
+    dense = dense_dir(spec, seed)
+    prev = round_dir(wildcards.experiment, seed, r - 1)
+    inputs = {
+        "spec": f"results/{wildcards.experiment}/recipe.json",
+        "data": data_file(spec),
+        "init": f"{dense}/init.pt",
+        "prev_checkpoint": f"{prev}/checkpoint.pt",
+        "prev_mask": f"{prev}/mask.pt",
+    }
+    point = start_point(spec, r)
+    if point.source == "replay":
+        inputs["rewind"] = f"{dense}/replay/step{point.step}.pt"
+    elif point.source == "previous_rewind":
+        inputs["rewind"] = f"{prev}/rewind.pt"
+    return inputs
+
+
+def round_params(wildcards, input):
+    spec = EXPERIMENTS[wildcards.experiment]
+    rewind = f"--rewind-from {input.rewind}" if "rewind" in input.keys() else ""
+    return {
+        "dense": dense_dir(spec, wildcards.seed),
+        "prev": round_dir(wildcards.experiment, wildcards.seed, int(wildcards.round) - 1),
+        "rewind": rewind,
+    }
+
+
+def gpus(wildcards):
+    if "experiment" in wildcards.keys():
+        return int(use_gpu(EXPERIMENTS[wildcards.experiment]))
+    return int(use_gpu(DENSE[wildcards.key]))
+
+
+# --- what the targets need ----------------------------------------------------------
+
+
+def experiment_metrics(experiment):
+    """Every metrics file of one experiment: round 0 of each seed, its rounds and branches."""
+    spec = EXPERIMENTS[experiment]
+    files = []
+    for seed in spec.seeds:
+        files.append(f"{dense_dir(spec, seed)}/metrics.parquet")
+        for r in range(1, spec.pruning.rounds + 1):
+            files.append(f"{round_dir(experiment, seed, r)}/metrics.parquet")
+            for branch in spec.branches:
+                files.append(f"{round_dir(experiment, seed, r)}/{branch}/metrics.parquet")
+    return files
+
+
+def experiment_benchmarks(experiment):
+    spec = EXPERIMENTS[experiment]
+    files = []
+    for seed in spec.seeds:
+        files.append(f"results/benchmarks/dense/{spec.dense_key}/seed{seed}.tsv")
+        for r in range(1, spec.pruning.rounds + 1):
+            files.append(f"results/benchmarks/{experiment}/seed{seed}/round{r}.tsv")
+            for branch in spec.branches:
+                files.append(f"results/benchmarks/{experiment}/seed{seed}/round{r}-{branch}.tsv")
+    return files
+
+
+def figure_targets():
+    return [f"results/figures/{e}/{kind}.png" for e in EXPERIMENTS for kind in FIGURE_KINDS]
+
+
+def table_targets():
+    return [f"results/tables/{e}.{ext}" for e in EXPERIMENTS for ext in ("md", "tex", "html")]

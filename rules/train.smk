@@ -1,0 +1,112 @@
+# Training jobs. Each runs through lotto.gpu_slot, which picks a free GPU for
+# resources.gpu=1 jobs (and runs CPU jobs, gpu=0, directly).
+
+
+rule dense_round:
+    input:
+        spec="results/dense/{key}/spec.json",
+        data=lambda w: data_file(DENSE[w.key]),
+    output:
+        init="results/dense/{key}/seed{seed}/init.pt",
+        checkpoint="results/dense/{key}/seed{seed}/checkpoint.pt",
+        mask="results/dense/{key}/seed{seed}/mask.pt",
+        metrics="results/dense/{key}/seed{seed}/metrics.parquet",
+    params:
+        out="results/dense/{key}/seed{seed}",
+    threads: config.get("threads", 1)
+    resources:
+        mem_mb=config.get("mem_mb", 3000),
+        gpu=gpus,
+    log:
+        "results/logs/dense/{key}/seed{seed}.log",
+    benchmark:
+        "results/benchmarks/dense/{key}/seed{seed}.tsv"
+    conda:
+        "../envs/lotto.yaml"
+    shell:
+        "python -m lotto.gpu_slot -n {resources.gpu} -- "
+        "python -m lotto round --spec {input.spec} --data {input.data} --seed {wildcards.seed} "
+        "--round 0 --threads {threads} --out {params.out} > {log} 2>&1"
+
+
+rule replay:
+    input:
+        spec="results/dense/{key}/spec.json",
+        data=lambda w: data_file(DENSE[w.key]),
+        init="results/dense/{key}/seed{seed}/init.pt",
+    output:
+        "results/dense/{key}/seed{seed}/replay/step{step}.pt",
+    params:
+        dense="results/dense/{key}/seed{seed}",
+    threads: config.get("threads", 1)
+    resources:
+        mem_mb=config.get("mem_mb", 3000),
+        gpu=gpus,
+    log:
+        "results/logs/dense/{key}/seed{seed}-replay{step}.log",
+    conda:
+        "../envs/lotto.yaml"
+    shell:
+        "python -m lotto.gpu_slot -n {resources.gpu} -- "
+        "python -m lotto replay --spec {input.spec} --data {input.data} --seed {wildcards.seed} "
+        "--step {wildcards.step} --dense {params.dense} --threads {threads} --out {output} > {log} 2>&1"
+
+
+rule prune_round:
+    input:
+        unpack(round_inputs),
+    output:
+        checkpoint="results/{experiment}/seed{seed}/round{round}/checkpoint.pt",
+        mask="results/{experiment}/seed{seed}/round{round}/mask.pt",
+        metrics="results/{experiment}/seed{seed}/round{round}/metrics.parquet",
+        rewind="results/{experiment}/seed{seed}/round{round}/rewind.pt",
+    params:
+        paths=round_params,
+        out="results/{experiment}/seed{seed}/round{round}",
+    threads: config.get("threads", 1)
+    resources:
+        mem_mb=config.get("mem_mb", 3000),
+        gpu=gpus,
+    log:
+        "results/logs/{experiment}/seed{seed}/round{round}.log",
+    benchmark:
+        "results/benchmarks/{experiment}/seed{seed}/round{round}.tsv"
+    conda:
+        "../envs/lotto.yaml"
+    shell:
+        "python -m lotto.gpu_slot -n {resources.gpu} -- "
+        "python -m lotto round --spec {input.spec} --data {input.data} --seed {wildcards.seed} "
+        "--round {wildcards.round} --dense {params.paths[dense]} --prev {params.paths[prev]} "
+        "{params.paths[rewind]} --threads {threads} --out {params.out} > {log} 2>&1"
+
+
+rule control_branch:
+    input:
+        spec="results/{experiment}/recipe.json",
+        data=lambda w: data_file(EXPERIMENTS[w.experiment]),
+        mask="results/{experiment}/seed{seed}/round{round}/mask.pt",
+        init=lambda w: f"{dense_dir(EXPERIMENTS[w.experiment], w.seed)}/init.pt",
+        dense=lambda w: f"{dense_dir(EXPERIMENTS[w.experiment], w.seed)}/checkpoint.pt",
+    output:
+        checkpoint="results/{experiment}/seed{seed}/round{round}/{branch}/checkpoint.pt",
+        mask="results/{experiment}/seed{seed}/round{round}/{branch}/mask.pt",
+        metrics="results/{experiment}/seed{seed}/round{round}/{branch}/metrics.parquet",
+    params:
+        dense=lambda w: dense_dir(EXPERIMENTS[w.experiment], w.seed),
+        round_dir="results/{experiment}/seed{seed}/round{round}",
+        out="results/{experiment}/seed{seed}/round{round}/{branch}",
+    threads: config.get("threads", 1)
+    resources:
+        mem_mb=config.get("mem_mb", 3000),
+        gpu=gpus,
+    log:
+        "results/logs/{experiment}/seed{seed}/round{round}-{branch}.log",
+    benchmark:
+        "results/benchmarks/{experiment}/seed{seed}/round{round}-{branch}.tsv"
+    conda:
+        "../envs/lotto.yaml"
+    shell:
+        "python -m lotto.gpu_slot -n {resources.gpu} -- "
+        "python -m lotto branch --spec {input.spec} --data {input.data} --seed {wildcards.seed} "
+        "--round {wildcards.round} --kind {wildcards.branch} --round-dir {params.round_dir} "
+        "--dense {params.dense} --threads {threads} --out {params.out} > {log} 2>&1"
