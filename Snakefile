@@ -25,11 +25,11 @@ localrules:
 
 
 rule all:
+    default_target: True
     input:
         "results/report.html",
         figure_targets(),
         table_targets(),
-    default_target: True
 
 
 rule figures:

@@ -21,15 +21,18 @@ rule render_figure:
             category="{experiment}",
         ),
         pdf="results/figures/{experiment}/{kind}.pdf",
-    params:
-        which=config.get("plots", {}).get("which", "early_stop"),
-        densities=" ".join(
-            map(str, config.get("plots", {}).get("curve_densities", [1.0, 0.5, 0.2, 0.1]))
-        ),
     log:
         "results/logs/{experiment}/figure-{kind}.log",
     conda:
         "../envs/lotto.yaml"
+    params:
+        which=config.get("plots", {}).get("which", "early_stop"),
+        densities=" ".join(
+            map(
+                str,
+                config.get("plots", {}).get("curve_densities", [1.0, 0.5, 0.2, 0.1]),
+            )
+        ),
     shell:
         "python -m lotto figure --metrics {input} --kind {wildcards.kind} --which {params.which} "
         "--densities {params.densities} --title {wildcards.experiment} --out {output.png} > {log} 2>&1"

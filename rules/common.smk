@@ -1,6 +1,7 @@
 # The only place where config meets the workflow: validation, resolved experiments,
 # paths and the input functions the rules call. The lotto package never sees `config`.
 import json
+import os
 import re
 import sys
 from dataclasses import replace
@@ -11,7 +12,6 @@ from snakemake.utils import validate
 from lotto.spec import PruningSpec, RewindingSpec, SpecError, load_experiment
 from lotto.rounds import start_point
 
-
 validate(config, schema="../config/schema/config.schema.yaml")
 
 RESERVED = {"data", "dense", "figures", "tables", "logs", "benchmarks"}
@@ -20,7 +20,11 @@ FIGURE_KINDS = ["accuracy", "early_stop", "curves"]
 
 def _experiment_file(entry):
     path = Path(entry)
-    return path if path.suffix in (".yaml", ".yml") else Path("config/experiments") / f"{entry}.yaml"
+    return (
+        path
+        if path.suffix in (".yaml", ".yml")
+        else Path("config/experiments") / f"{entry}.yaml"
+    )
 
 
 def _load_experiments(entries):
@@ -34,7 +38,9 @@ def _load_experiments(entries):
             problems.append(str(err))
             continue
         if spec.name in RESERVED:
-            problems.append(f"{path}: name: {spec.name!r} is reserved; choose another name")
+            problems.append(
+                f"{path}: name: {spec.name!r} is reserved; choose another name"
+            )
         elif spec.name in specs:
             problems.append(f"{path}: name: {spec.name!r} is used by two experiments")
         specs[spec.name] = spec
@@ -80,7 +86,9 @@ wildcard_constraints:
 def recipe_json(experiment):
     """What determines an experiment's rounds: not its seeds, branches or description."""
     spec = EXPERIMENTS[experiment]
-    return json.dumps(replace(spec, seeds=(0,), branches=(), description="").to_dict(), sort_keys=True)
+    return json.dumps(
+        replace(spec, seeds=(0,), branches=(), description="").to_dict(), sort_keys=True
+    )
 
 
 def dense_json(key):
@@ -152,7 +160,9 @@ def round_params(wildcards, input):
     rewind = f"--rewind-from {input.rewind}" if "rewind" in input.keys() else ""
     return {
         "dense": dense_dir(spec, wildcards.seed),
-        "prev": round_dir(wildcards.experiment, wildcards.seed, int(wildcards.round) - 1),
+        "prev": round_dir(
+            wildcards.experiment, wildcards.seed, int(wildcards.round) - 1
+        ),
         "rewind": rewind,
     }
 
@@ -175,7 +185,9 @@ def experiment_metrics(experiment):
         for r in range(1, spec.pruning.rounds + 1):
             files.append(f"{round_dir(experiment, seed, r)}/metrics.parquet")
             for branch in spec.branches:
-                files.append(f"{round_dir(experiment, seed, r)}/{branch}/metrics.parquet")
+                files.append(
+                    f"{round_dir(experiment, seed, r)}/{branch}/metrics.parquet"
+                )
     return files
 
 
@@ -187,13 +199,21 @@ def experiment_benchmarks(experiment):
         for r in range(1, spec.pruning.rounds + 1):
             files.append(f"results/benchmarks/{experiment}/seed{seed}/round{r}.tsv")
             for branch in spec.branches:
-                files.append(f"results/benchmarks/{experiment}/seed{seed}/round{r}-{branch}.tsv")
+                files.append(
+                    f"results/benchmarks/{experiment}/seed{seed}/round{r}-{branch}.tsv"
+                )
     return files
 
 
 def figure_targets():
-    return [f"results/figures/{e}/{kind}.png" for e in EXPERIMENTS for kind in FIGURE_KINDS]
+    return [
+        f"results/figures/{e}/{kind}.png" for e in EXPERIMENTS for kind in FIGURE_KINDS
+    ]
 
 
 def table_targets():
-    return [f"results/tables/{e}.{ext}" for e in EXPERIMENTS for ext in ("md", "tex", "html")]
+    return [
+        f"results/tables/{e}.{ext}"
+        for e in EXPERIMENTS
+        for ext in ("md", "tex", "html")
+    ]

@@ -1,10 +1,16 @@
 rule prepare_data:
     output:
         "results/data/{dataset}.pt",
+    log:
+        "results/logs/data/{dataset}.log",
+    conda:
+        "../envs/lotto.yaml"
     params:
         name=lambda w: DATA[w.dataset].dataset.name,
         root=lambda w: (
-            f"--root {DATA[w.dataset].dataset.root}" if DATA[w.dataset].dataset.root else ""
+            f"--root {DATA[w.dataset].dataset.root}"
+            if DATA[w.dataset].dataset.root
+            else ""
         ),
         download=lambda w: "--download" if DATA[w.dataset].dataset.download else "",
         synthetic=lambda w: (
@@ -12,10 +18,6 @@ rule prepare_data:
             if DATA[w.dataset].dataset.synthetic
             else ""
         ),
-    log:
-        "results/logs/data/{dataset}.log",
-    conda:
-        "../envs/lotto.yaml"
     shell:
         "python -m lotto prepare-data --dataset {params.name} {params.root} {params.download} "
         "{params.synthetic} --out {output} > {log} 2>&1"
@@ -25,13 +27,13 @@ rule experiment_spec:
     output:
         recipe="results/{experiment}/recipe.json",
         full="results/{experiment}/spec.json",
-    params:
-        recipe=lambda w: recipe_json(w.experiment),
-        full=lambda w: full_json(w.experiment),
     log:
         "results/logs/{experiment}/spec.log",
     conda:
         "../envs/lotto.yaml"
+    params:
+        recipe=lambda w: recipe_json(w.experiment),
+        full=lambda w: full_json(w.experiment),
     shell:
         "(python -m lotto write-spec --json {params.recipe:q} --out {output.recipe} && "
         "python -m lotto write-spec --json {params.full:q} --out {output.full}) > {log} 2>&1"
@@ -40,11 +42,11 @@ rule experiment_spec:
 rule dense_spec:
     output:
         "results/dense/{key}/spec.json",
-    params:
-        spec=lambda w: dense_json(w.key),
     log:
         "results/logs/dense/{key}/spec.log",
     conda:
         "../envs/lotto.yaml"
+    params:
+        spec=lambda w: dense_json(w.key),
     shell:
         "python -m lotto write-spec --json {params.spec:q} --out {output} > {log} 2>&1"

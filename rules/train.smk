@@ -11,18 +11,18 @@ rule dense_round:
         checkpoint="results/dense/{key}/seed{seed}/checkpoint.pt",
         mask="results/dense/{key}/seed{seed}/mask.pt",
         metrics="results/dense/{key}/seed{seed}/metrics.parquet",
-    params:
-        out="results/dense/{key}/seed{seed}",
-    threads: config.get("threads", 1)
-    resources:
-        mem_mb=config.get("mem_mb", 3000),
-        gpu=gpus,
     log:
         "results/logs/dense/{key}/seed{seed}.log",
     benchmark:
         "results/benchmarks/dense/{key}/seed{seed}.tsv"
     conda:
         "../envs/lotto.yaml"
+    threads: config.get("threads", 1)
+    resources:
+        mem_mb=config.get("mem_mb", 3000),
+        gpu=gpus,
+    params:
+        out=lambda w, output: os.path.dirname(output.checkpoint),
     shell:
         "python -m lotto.gpu_slot -n {resources.gpu} -- "
         "python -m lotto round --spec {input.spec} --data {input.data} --seed {wildcards.seed} "
@@ -36,16 +36,16 @@ rule replay:
         init="results/dense/{key}/seed{seed}/init.pt",
     output:
         "results/dense/{key}/seed{seed}/replay/step{step}.pt",
-    params:
-        dense="results/dense/{key}/seed{seed}",
-    threads: config.get("threads", 1)
-    resources:
-        mem_mb=config.get("mem_mb", 3000),
-        gpu=gpus,
     log:
         "results/logs/dense/{key}/seed{seed}-replay{step}.log",
     conda:
         "../envs/lotto.yaml"
+    threads: config.get("threads", 1)
+    resources:
+        mem_mb=config.get("mem_mb", 3000),
+        gpu=gpus,
+    params:
+        dense=lambda w, input: os.path.dirname(input.init),
     shell:
         "python -m lotto.gpu_slot -n {resources.gpu} -- "
         "python -m lotto replay --spec {input.spec} --data {input.data} --seed {wildcards.seed} "
@@ -60,19 +60,19 @@ rule prune_round:
         mask="results/{experiment}/seed{seed}/round{round}/mask.pt",
         metrics="results/{experiment}/seed{seed}/round{round}/metrics.parquet",
         rewind="results/{experiment}/seed{seed}/round{round}/rewind.pt",
-    params:
-        paths=round_params,
-        out="results/{experiment}/seed{seed}/round{round}",
-    threads: config.get("threads", 1)
-    resources:
-        mem_mb=config.get("mem_mb", 3000),
-        gpu=gpus,
     log:
         "results/logs/{experiment}/seed{seed}/round{round}.log",
     benchmark:
         "results/benchmarks/{experiment}/seed{seed}/round{round}.tsv"
     conda:
         "../envs/lotto.yaml"
+    threads: config.get("threads", 1)
+    resources:
+        mem_mb=config.get("mem_mb", 3000),
+        gpu=gpus,
+    params:
+        paths=round_params,
+        out=lambda w, output: os.path.dirname(output.checkpoint),
     shell:
         "python -m lotto.gpu_slot -n {resources.gpu} -- "
         "python -m lotto round --spec {input.spec} --data {input.data} --seed {wildcards.seed} "
@@ -91,20 +91,20 @@ rule control_branch:
         checkpoint="results/{experiment}/seed{seed}/round{round}/{branch}/checkpoint.pt",
         mask="results/{experiment}/seed{seed}/round{round}/{branch}/mask.pt",
         metrics="results/{experiment}/seed{seed}/round{round}/{branch}/metrics.parquet",
-    params:
-        dense=lambda w: dense_dir(EXPERIMENTS[w.experiment], w.seed),
-        round_dir="results/{experiment}/seed{seed}/round{round}",
-        out="results/{experiment}/seed{seed}/round{round}/{branch}",
-    threads: config.get("threads", 1)
-    resources:
-        mem_mb=config.get("mem_mb", 3000),
-        gpu=gpus,
     log:
         "results/logs/{experiment}/seed{seed}/round{round}-{branch}.log",
     benchmark:
         "results/benchmarks/{experiment}/seed{seed}/round{round}-{branch}.tsv"
     conda:
         "../envs/lotto.yaml"
+    threads: config.get("threads", 1)
+    resources:
+        mem_mb=config.get("mem_mb", 3000),
+        gpu=gpus,
+    params:
+        dense=lambda w, input: os.path.dirname(input.init),
+        round_dir=lambda w, input: os.path.dirname(input.mask),
+        out=lambda w, output: os.path.dirname(output.checkpoint),
     shell:
         "python -m lotto.gpu_slot -n {resources.gpu} -- "
         "python -m lotto branch --spec {input.spec} --data {input.data} --seed {wildcards.seed} "

@@ -1,0 +1,129 @@
+# Early-Bird tickets: experiments with an `earlybird:` section run this instead of IMP rounds.
+#   eb_search  dense training with network slimming; channel masks each epoch; tickets drawn
+#   eb_train   one ticket (ratio x ticket x mode) with its channels removed, retrained
+#   eb_figures Fig. 1 / 3 / 5 and the Table-2-shaped table
+# Needs from common.smk: EXPERIMENTS, data_file, gpus.
+from lotto import earlybird as _earlybird
+
+EB_EXPERIMENTS = [name for name, spec in EXPERIMENTS.items() if spec.earlybird is not None]
+
+
+def eb_seed_dir(experiment, seed):
+    return f"results/{experiment}/eb/seed{seed}"
+
+
+def eb_ratio(experiment, label):
+    """The ratio a 'p30' wildcard names, refused when the experiment does not search it."""
+    ratios = {_earlybird.ratio_label(r): r for r in EXPERIMENTS[experiment].earlybird.ratios}
+    if label not in ratios:
+        raise ValueError(f"{experiment}: ratio {label} is not searched; choose one of: {', '.join(ratios)}")
+    return ratios[label]
+
+
+def eb_summaries(experiment):
+    """summary.json of every retraining the experiment asks for, all seeds and ratios."""
+    spec = EXPERIMENTS[experiment]
+    return [
+        f"{eb_seed_dir(experiment, seed)}/{_earlybird.ratio_label(ratio)}/{ticket}-{mode}/summary.json"
+        for seed in spec.seeds
+        for ratio in spec.earlybird.ratios
+        for ticket, mode in _earlybird.retrain_jobs(spec)
+    ]
+
+
+def eb_targets():
+    return [
+        path
+        for e in EB_EXPERIMENTS
+        for path in (
+            *(f"results/figures/{e}/eb_{kind}.png" for kind in ("accuracy", "distances", "flops")),
+            f"results/tables/{e}-eb.md",
+        )
+    ]
+
+
+rule eb_search:
+    input:
+        spec="results/{experiment}/recipe.json",
+        data=lambda w: data_file(EXPERIMENTS[w.experiment]),
+    output:
+        eb="results/{experiment}/eb/seed{seed}/search/eb.json",
+        masks="results/{experiment}/eb/seed{seed}/search/masks.pt",
+        init="results/{experiment}/eb/seed{seed}/search/init.pt",
+        last="results/{experiment}/eb/seed{seed}/search/last.pt",
+        metrics="results/{experiment}/eb/seed{seed}/search/metrics.parquet",
+        tickets=directory("results/{experiment}/eb/seed{seed}/search/tickets"),
+    log:
+        "results/logs/{experiment}/eb/seed{seed}/search.log",
+    benchmark:
+        "results/benchmarks/{experiment}/eb/seed{seed}/search.tsv"
+    conda:
+        "../envs/lotto.yaml"
+    threads: config.get("threads", 1)
+    resources:
+        mem_mb=config.get("mem_mb", 3000),
+        gpu=gpus,
+    params:
+        out=lambda w, output: os.path.dirname(output.eb),
+    shell:
+        "python -m lotto.gpu_slot -n {resources.gpu} -- "
+        "python -m lotto eb-search --spec {input.spec} --data {input.data} --seed {wildcards.seed} "
+        "--threads {threads} --out {params.out} > {log} 2>&1"
+
+
+rule eb_train:
+    input:
+        spec="results/{experiment}/recipe.json",
+        data=lambda w: data_file(EXPERIMENTS[w.experiment]),
+        eb="results/{experiment}/eb/seed{seed}/search/eb.json",
+        tickets="results/{experiment}/eb/seed{seed}/search/tickets",
+    output:
+        summary="results/{experiment}/eb/seed{seed}/{ratio}/{ticket}-{mode}/summary.json",
+        checkpoint="results/{experiment}/eb/seed{seed}/{ratio}/{ticket}-{mode}/checkpoint.pt",
+        metrics="results/{experiment}/eb/seed{seed}/{ratio}/{ticket}-{mode}/metrics.parquet",
+    wildcard_constraints:
+        ratio=r"p\d+",
+        ticket=r"eb|e\d+|final",
+        mode="ff|reinit|lt_oneshot",
+    log:
+        "results/logs/{experiment}/eb/seed{seed}/{ratio}-{ticket}-{mode}.log",
+    benchmark:
+        "results/benchmarks/{experiment}/eb/seed{seed}/{ratio}-{ticket}-{mode}.tsv"
+    conda:
+        "../envs/lotto.yaml"
+    threads: config.get("threads", 1)
+    resources:
+        mem_mb=config.get("mem_mb", 3000),
+        gpu=gpus,
+    params:
+        ratio=lambda w: eb_ratio(w.experiment, w.ratio),
+        search=lambda w, input: os.path.dirname(input.eb),
+        out=lambda w, output: os.path.dirname(output.summary),
+    shell:
+        "python -m lotto.gpu_slot -n {resources.gpu} -- "
+        "python -m lotto eb-train --spec {input.spec} --data {input.data} --seed {wildcards.seed} "
+        "--search {params.search} --ratio {params.ratio} --ticket {wildcards.ticket} "
+        "--mode {wildcards.mode} --threads {threads} --out {params.out} > {log} 2>&1"
+
+
+rule eb_figures:
+    input:
+        searches=lambda w: [
+            f"{eb_seed_dir(w.experiment, seed)}/search/eb.json"
+            for seed in EXPERIMENTS[w.experiment].seeds
+        ],
+        summaries=lambda w: eb_summaries(w.experiment),
+    output:
+        accuracy="results/figures/{experiment}/eb_accuracy.png",
+        distances="results/figures/{experiment}/eb_distances.png",
+        flops="results/figures/{experiment}/eb_flops.png",
+        table="results/tables/{experiment}-eb.md",
+    log:
+        "results/logs/{experiment}/eb/figures.log",
+    conda:
+        "../envs/lotto.yaml"
+    params:
+        out_dir=lambda w, output: os.path.dirname(output.accuracy),
+    shell:
+        "python -m lotto eb-figures --searches {input.searches} --summaries {input.summaries} "
+        "--out-dir {params.out_dir} --table {output.table} --title {wildcards.experiment} > {log} 2>&1"
