@@ -15,14 +15,16 @@ from pathlib import Path
 
 
 def _read_spec(path: str):
-    from lotto.spec import ExperimentSpec, load_experiment
+    from lotto.spec import ExperimentSpec, SpecError, load_experiment
 
-    if path.endswith(".json"):
-        try:
-            return ExperimentSpec.from_dict(json.loads(Path(path).read_text()))
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{path}: spec file not found") from None
-    return load_experiment(path)
+    if not path.endswith(".json"):
+        return load_experiment(path)
+    try:
+        return ExperimentSpec.from_dict(json.loads(Path(path).read_text()))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: spec file not found") from None
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+        raise SpecError(f"{path}: not a resolved spec ({err!r}); rerun the workflow to rewrite it") from None
 
 
 def _set_threads(threads: int) -> None:
@@ -39,16 +41,15 @@ def cmd_validate(args: argparse.Namespace) -> None:
 
 def cmd_write_spec(args: argparse.Namespace) -> None:
     from lotto import io
-    from lotto.spec import resolve
 
-    source = args.experiment or "<json>"
-    doc = json.loads(args.json) if args.json else __import__("yaml").safe_load(Path(args.experiment).read_text())
-    if args.json:
-        from lotto.spec import ExperimentSpec
+    spec = _read_spec(args.experiment) if args.experiment else None
+    if spec is None:
+        from lotto.spec import ExperimentSpec, SpecError
 
-        spec = ExperimentSpec.from_dict(doc)
-    else:
-        spec = resolve(doc, source=source, default_name=Path(source).stem)
+        try:
+            spec = ExperimentSpec.from_dict(json.loads(args.json))
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+            raise SpecError(f"--json is not a resolved spec ({err!r})") from None
     io.write_json(args.out, spec.to_dict())
 
 
@@ -149,10 +150,55 @@ def cmd_report(args: argparse.Namespace) -> None:
     report.write_report(args.out, specs=specs, figures=args.figures, tables=args.tables, run_facts=facts)
 
 
+def cmd_boxes(args: argparse.Namespace) -> None:
+    from lotto import figures
+
+    figures.accuracy_boxes(_read_metrics(args.metrics), args.out, which=args.which, title=args.title)
+
+
+def cmd_modification_table(args: argparse.Namespace) -> None:
+    from lotto import tables
+
+    tables.write_modification_table(_read_metrics(args.metrics), args.md, args.tex, args.html,
+                                    round_=args.round, which=args.which)
+
+
 def cmd_status(args: argparse.Namespace) -> None:
     from lotto import status
 
     print(status.render(Path(args.results)))
+
+
+def cmd_eb_search(args: argparse.Namespace) -> None:
+    from lotto import earlybird
+
+    _set_threads(args.threads)
+    outcome = earlybird.search(_read_spec(args.spec), Path(args.data), args.seed, Path(args.out))
+    draws = ", ".join(f"{label}: {epoch}" for label, epoch in outcome.draw_epoch.items())
+    print(f"draw epochs {draws}; trained {outcome.epochs_trained} epochs ({outcome.iterations} it)",
+          file=sys.stderr)
+
+
+def cmd_eb_train(args: argparse.Namespace) -> None:
+    from lotto import earlybird
+
+    _set_threads(args.threads)
+    summary = earlybird.retrain(_read_spec(args.spec), Path(args.data), args.seed, Path(args.search),
+                                args.ratio, args.ticket, args.mode, Path(args.out))
+    print(f"{summary['ticket']}-{summary['mode']} p={summary['ratio']}: test acc "
+          f"{summary['test_accuracy']:.4f}, total training FLOPs {summary['total_flops']:.3g}", file=sys.stderr)
+
+
+def cmd_eb_figures(args: argparse.Namespace) -> None:
+    from lotto import eb_figures
+
+    searches = eb_figures.read_searches(args.searches)
+    summaries = eb_figures.read_summaries(args.summaries)
+    out = Path(args.out_dir)
+    eb_figures.accuracy_vs_epoch(summaries, searches, out / "eb_accuracy.png", title=args.title)
+    eb_figures.distance_matrices(searches, out / "eb_distances.png", title=args.title)
+    eb_figures.flops_vs_epoch(summaries, out / "eb_flops.png", title=args.title)
+    eb_figures.write_table(summaries, searches, args.table)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -236,6 +282,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--benchmarks", nargs="*", default=[], help="Snakemake benchmark .tsv files")
     p.add_argument("--benchmark-root", help="jobs are named by their path under it "
                    "(default: the deepest folder holding all benchmark files)")
+
+    p = verb("eb-search", cmd_eb_search, "Early-Bird search: dense training with network slimming, "
+             "channel masks each epoch, tickets drawn and saved")
+    training_args(p)
+    p.add_argument("--out", required=True, help="search directory (eb.json, masks.pt, tickets/...)")
+
+    p = verb("eb-train", cmd_eb_train, "retrain one Early-Bird ticket (channels removed) or a baseline")
+    training_args(p)
+    p.add_argument("--search", required=True, help="the eb-search directory")
+    p.add_argument("--ratio", type=float, required=True, help="pruning ratio, one of earlybird.ratios")
+    p.add_argument("--ticket", required=True, help="eb | e<n> | final")
+    p.add_argument("--mode", required=True, help="ff | reinit | lt_oneshot")
+    p.add_argument("--out", required=True)
+
+    p = verb("eb-figures", cmd_eb_figures, "Early-Bird figures (eb_accuracy, eb_distances, eb_flops) "
+             "and the Table-2-shaped table")
+    p.add_argument("--searches", nargs="+", required=True, help="eb.json of each seed's search")
+    p.add_argument("--summaries", nargs="+", required=True, help="summary.json of each retraining")
+    p.add_argument("--out-dir", required=True, help="folder of the eb_*.png figures")
+    p.add_argument("--table", required=True, help="Markdown table output")
+    p.add_argument("--title")
+
+    p = verb("boxes", cmd_boxes, "box plots of test accuracy over seeds per density (PNG and PDF)")
+    p.add_argument("--metrics", nargs="+", required=True, help="metrics parquet files")
+    p.add_argument("--out", required=True, help="output .png; the .pdf is written beside it")
+    p.add_argument("--which", default="early_stop", choices=["early_stop", "final"],
+                   help="test accuracy at the early-stop iteration or at the end")
+    p.add_argument("--title")
+
+    p = verb("modification-table", cmd_modification_table,
+             "Mikler's Table 3.1: accuracy of each mask modification vs the unmodified ticket")
+    p.add_argument("--metrics", nargs="+", required=True, help="metrics parquet file(s) of one experiment")
+    p.add_argument("--md", required=True)
+    p.add_argument("--tex", required=True)
+    p.add_argument("--html", help="HTML fragment for the report")
+    p.add_argument("--round", type=int, help="the pruned round to tabulate (default: the last)")
+    p.add_argument("--which", default="final", choices=["early_stop", "final"],
+                   help="test accuracy at the early-stop iteration or at the end")
 
     p = verb("status", cmd_status, "which rounds and branches are done, running or pending")
     p.add_argument("--results", default="results")

@@ -135,6 +135,26 @@ class RewindingSpec:
 
 
 @dataclass(frozen=True)
+class EarlyBirdSpec:
+    """Early-Bird ticket search and retraining (You et al. 2020); see lotto.earlybird.
+
+    `record_every` (iterations; one epoch unless set) is the "epoch" of the search: a channel
+    mask per ratio is recorded after each, and `draw_epochs` count these units.
+    """
+
+    ratios: tuple[float, ...] = (0.3, 0.5, 0.7)
+    epsilon: float = 0.1
+    window: int = 5
+    slimming: float = 1e-4
+    record_every: int = 0
+    stop_at_draw: bool = True
+    draw_epochs: tuple[int, ...] = ()
+    precision: str = "fp32"
+    retrain: tuple[str, ...] = ("ff", "reinit")
+    baselines: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class ExperimentSpec:
     name: str
     dataset: DatasetSpec
@@ -145,6 +165,8 @@ class ExperimentSpec:
     seeds: tuple[int, ...] = (0,)
     branches: tuple[str, ...] = ()
     description: str = ""
+    earlybird: EarlyBirdSpec | None = None
+    transfer_from: str | None = None  # the experiment whose tickets the 'transfer' branch trains
 
     @property
     def data_key(self) -> str:
@@ -171,7 +193,11 @@ class ExperimentSpec:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        plain = json.loads(json.dumps(dataclasses.asdict(self)))
+        for optional in ("earlybird", "transfer_from"):
+            if plain[optional] is None:
+                del plain[optional]  # specs without it stay byte-identical to older ones
+        return plain
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ExperimentSpec:
@@ -182,13 +208,16 @@ class ExperimentSpec:
 def _from_plain(cls: type, data: dict[str, Any]) -> Any:
     kwargs = {}
     for f in dataclasses.fields(cls):
+        if f.name not in data and f.default is None:
+            continue  # an optional section added later (earlybird) and left out
         value = data[f.name]
         if dataclasses.is_dataclass(f.default):
             value = _from_plain(type(f.default), value)
         elif isinstance(value, list):
             value = _tuplify(value)
         kwargs[f.name] = value
-    for name, sub in (("dataset", DatasetSpec), ("model", ModelSpec), ("training", TrainingSpec)):
+    for name, sub in (("dataset", DatasetSpec), ("model", ModelSpec), ("training", TrainingSpec),
+                      ("earlybird", EarlyBirdSpec)):
         if name in kwargs and isinstance(kwargs[name], dict):
             kwargs[name] = _from_plain(sub, kwargs[name])
     return cls(**kwargs)
@@ -277,17 +306,44 @@ def _describe(error: Any) -> str:
     return f"{where}: {value!r}: {error.message}"
 
 
-def validate_document(doc: Any, source: str = "<experiment>") -> None:
-    """Schema-check a parsed experiment; raise SpecError listing every problem."""
+def _strict_validator() -> Any:
+    """Draft 2020-12, but 60.0 is not an integer and NaN/inf are not numbers."""
     import jsonschema
 
+    base = jsonschema.Draft202012Validator
+    checker = base.TYPE_CHECKER.redefine(
+        "integer", lambda _, v: isinstance(v, int) and not isinstance(v, bool)
+    ).redefine(
+        "number",
+        lambda _, v: isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v),
+    )
+    return jsonschema.validators.extend(base, type_checker=checker)
+
+
+def validate_document(doc: Any, source: str = "<experiment>") -> None:
+    """Schema-check a parsed experiment; raise SpecError listing every problem."""
     if not isinstance(doc, dict):
         raise SpecError(f"{source}: an experiment must be a mapping of keys, got {type(doc).__name__}")
-    validator = jsonschema.Draft202012Validator(experiment_schema())
+    validator = _strict_validator()(experiment_schema())
     errors = sorted(validator.iter_errors(doc), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
         lines = [line for e in errors for line in _describe(e).splitlines()]
         raise SpecError("\n".join(f"{source}: {line}" for line in dict.fromkeys(lines)))
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads 1e4 or 1.2e-3 without a dot as text; here they are numbers."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def read_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
 _STEP = re.compile(r"^(\d+)(it|ep)$")
@@ -310,7 +366,7 @@ def load_experiment(path: str | Path) -> ExperimentSpec:
     """Read, validate and resolve one experiment YAML file."""
     path = Path(path)
     try:
-        doc = yaml.safe_load(path.read_text())
+        doc = read_yaml(path.read_text())
     except FileNotFoundError:
         raise SpecError(f"{path}: experiment file not found") from None
     except yaml.YAMLError as err:
@@ -401,8 +457,20 @@ def resolve(doc: Any, source: str = "<experiment>", default_name: str = "experim
     pruning = _resolve_pruning(doc.get("pruning", {}), model, dataset, bad)
     rewinding = _resolve_rewinding(doc.get("rewinding", {}), training, step, bad)
     branches = tuple(doc.get("branches", []))
+    earlybird = None
+    if "earlybird" in doc:
+        earlybird = _resolve_earlybird(doc["earlybird"] or {}, training, step, bad)
+        if pruning.rounds:
+            bad("earlybird", "runs instead of IMP rounds; remove pruning.rounds (or the earlybird section)")
+        if model.name:
+            _check_channel_prunable(model, dataset, bad)
     if branches and pruning.rounds == 0:
         bad("branches", f"{list(branches)} need pruned rounds; set pruning.rounds >= 1")
+    transfer_from = (doc.get("transfer") or {}).get("from")
+    if "transfer" in branches and transfer_from is None:
+        bad("branches", "'transfer' needs transfer.from: the experiment whose tickets it trains")
+    if transfer_from is not None and "transfer" not in branches:
+        bad("transfer.from", f"{transfer_from!r} is only used by the 'transfer' branch; add it to branches")
     if problems:
         raise SpecError("\n".join(problems))
     return ExperimentSpec(
@@ -415,7 +483,69 @@ def resolve(doc: Any, source: str = "<experiment>", default_name: str = "experim
         rewinding=rewinding,
         seeds=tuple(doc.get("seeds", [0])),
         branches=branches,
+        earlybird=earlybird,
+        transfer_from=transfer_from,
     )
+
+
+def transfer_problems(target: ExperimentSpec, experiments: dict[str, ExperimentSpec]) -> list[str]:
+    """Why `target`'s transfer.from cannot supply its tickets (empty if it can): the source must be
+    another experiment of the same config with the same model and pruning (so round r has the same
+    density in both) and a chain for every seed of the target."""
+    name = target.transfer_from
+    if name is None:
+        return []
+    where = f"{target.name}: transfer.from"
+    source = experiments.get(name)
+    if source is None:
+        known = ", ".join(sorted(experiments))
+        return [f"{where}: {name!r} is not an experiment of this config; add it to experiments (now: {known})"]
+    problems = []
+    if source.name == target.name:
+        problems.append(f"{where}: {name!r} is the experiment itself; name the experiment the tickets come from")
+    if source.model != target.model:
+        problems.append(f"{where}: {name!r} has model {source.model}, this experiment {target.model}; "
+                        "a ticket only fits the model it was found in")
+    if source.pruning != target.pruning:
+        problems.append(f"{where}: {name!r} prunes with {source.pruning}, this experiment with "
+                        f"{target.pruning}; use the same pruning section so round r has one density")
+    missing = sorted(set(target.seeds) - set(source.seeds))
+    if missing:
+        problems.append(f"{where}: {name!r} has no chain for seeds {missing}; add them to its seeds")
+    return problems
+
+
+def _resolve_earlybird(e: dict[str, Any], training: TrainingSpec, step: Any, bad: Any) -> EarlyBirdSpec:
+    record_every = step("earlybird.record_every", e.get("record_every", "1ep"))
+    if not 1 <= record_every <= training.duration:
+        bad("earlybird.record_every", f"{e.get('record_every')!r} ({record_every} it); allowed: "
+            f"1..{training.duration} it (the training duration)")
+    epochs = training.duration // max(record_every, 1)
+    draw_epochs = sorted({epochs if d == "final" else d for d in e.get("draw_epochs", [])})
+    for d in draw_epochs:
+        if d > epochs:
+            bad("earlybird.draw_epochs", f"{d} is after the last epoch ({epochs}); use 'final' for it")
+    return EarlyBirdSpec(
+        ratios=tuple(float(r) for r in e.get("ratios", (0.3, 0.5, 0.7))),
+        epsilon=float(e.get("epsilon", 0.1)),
+        window=int(e.get("window", 5)),
+        slimming=float(e.get("slimming", 1e-4)),
+        record_every=record_every,
+        stop_at_draw=bool(e.get("stop_at_draw", True)),
+        draw_epochs=tuple(draw_epochs),
+        precision=e.get("precision", "fp32"),
+        retrain=tuple(e.get("retrain", ("ff", "reinit"))),
+        baselines=tuple(e.get("baselines", ())),
+    )
+
+
+def _check_channel_prunable(model: ModelSpec, dataset: DatasetSpec, bad: Any) -> None:
+    from lotto.structured import channel_groups
+
+    try:
+        channel_groups(build_model(model, dataset, "meta"))
+    except ValueError as err:
+        bad("model.name", f"{model.name!r} cannot run earlybird: {err}")
 
 
 def _resolve_model(m: dict[str, Any], dataset: DatasetSpec, bad: Any) -> ModelSpec:
@@ -485,6 +615,13 @@ def _resolve_pruning(p: dict[str, Any], model: ModelSpec, dataset: DatasetSpec, 
         bad("pruning.rates", "missing: layer-wise pruning with rounds >= 1 needs rates {conv, fc, output}")
     if scope == "layerwise" and rates and "output" not in rates:
         rates["output"] = rates.get("fc", 0.0) / 2
+    if p.get("criterion") == "l1_filter":
+        if scope != "layerwise":
+            bad("pruning.scope", f"{scope!r}: l1_filter ranks a layer's filters by L1 norm, which differs "
+                "in scale between layers; use scope: layerwise")
+        elif rates.get("output", 0.0):
+            bad("pruning.rates.output", f"{rates['output']} would remove classes (l1_filter removes whole "
+                "output units); set output: 0")
     if scope == "layerwise" and rounds > 0 and rates and model.name:
         try:
             _check_kinds_have_rates(model, dataset, rates, p.get("exclude", []))
@@ -544,6 +681,4 @@ def _resolve_rewinding(r: dict[str, Any], training: TrainingSpec, step: Any, bad
     retrain = step("rewinding.retrain", r["retrain"]) if "retrain" in r else training.duration - offset
     if retrain <= 0:
         bad("rewinding.retrain", f"{r.get('retrain')!r}; allowed: at least 1 iteration")
-    if weights == "back" and math.floor(back * training.duration) > training.duration:
-        bad("rewinding.back", f"{back}; allowed: 0..1")
     return RewindingSpec(weights=weights, step=k, back=back, lr=lr, retrain=retrain)

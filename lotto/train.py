@@ -11,6 +11,7 @@ evaluation points.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import sys
 import time
@@ -119,7 +120,7 @@ def train(
     snapshot_at: Iterable[int] = (),
     resume_path: Path | None = None,
     label: str = "train",
-    on_eval: Callable[[int, nn.Module], None] | None = None,
+    on_eval: Callable[[int, nn.Module], bool | None] | None = None,
 ) -> TrainResult:
     """Train `model` (already on data's device, weights set) for `steps` iterations.
 
@@ -128,11 +129,15 @@ def train(
     `snapshot_at` are round-local steps whose weights are returned (rewind points).
     With `resume_path` and spec.checkpoint_every > 0, progress is saved there and a
     restarted call continues from it with identical results on CPU.
+    `on_eval(step, model)` runs after each evaluation; returning True ends training there.
     """
     device = data.train_x.device
     layers = prunable_layers(model)
-    masked = [m.weight for _, _, m in layers]
-    mask_f = [mask[name].to(device=device, dtype=w.dtype) for (name, _, _), w in zip(layers, masked, strict=True)]
+    # Only layers with pruned weights are re-zeroed after each step: multiplying by ones
+    # changes no bit, and skipping them saves a pass over the weights (all of them when dense).
+    pruned = [(m.weight, mask[name]) for name, _, m in layers if not bool(mask[name].all())]
+    masked = [w for w, _ in pruned]
+    mask_f = [keep.to(device=device, dtype=w.dtype) for w, keep in pruned]
     decayed = [m.weight for _, _, m in layers] if spec.l2 else []
     bn_scales = [m.weight for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     optimizer = make_optimizer(model, spec)
@@ -142,8 +147,9 @@ def train(
     snapshot_at = set(snapshot_at)
     aug_gen = torch.Generator(device=device)
 
-    with torch.no_grad():
-        torch._foreach_mul_(masked, mask_f)
+    if masked:
+        with torch.no_grad():
+            torch._foreach_mul_(masked, mask_f)
     torch.manual_seed(seed * 7919 + start)  # dropout randomness
 
     rows: list[dict[str, Any]] = []
@@ -154,8 +160,9 @@ def train(
     step = 0
     last_finite: float | None = None
     good_state = _clone_state(model)
-    if resume_path is not None and resume_path.exists():
-        saved = io.load_torch(resume_path, map_location=device)
+    identity = _identity(spec, mask, seed, start, steps, constant_lr, model)
+    saved = _load_resume(resume_path, identity, device, label)
+    if saved is not None:
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         torch.set_rng_state(saved["rng_cpu"])
@@ -175,7 +182,7 @@ def train(
 
     def evaluate_now(at: int) -> bool:
         """Record train/val/test rows at step `at`; False if training diverged."""
-        nonlocal loss_sum, correct_sum, seen, last_finite, good_state
+        nonlocal loss_sum, correct_sum, seen, last_finite, good_state, stop_requested
         lr = final_lr if constant_lr else spec.lr_at(start + max(at - 1, 0))
         if seen:
             train_loss = float(loss_sum) / seen  # host sync: evaluation point
@@ -192,12 +199,13 @@ def train(
         correct_sum = torch.zeros((), device=device, dtype=torch.long)
         seen = 0
         good_state = _clone_state(model)
-        if on_eval is not None:
-            on_eval(at, model)
+        if on_eval is not None and on_eval(at, model):
+            stop_requested = True
         progress.update(at, test[1], at - step0, force=at == steps)
         return True
 
     step0 = step
+    stop_requested = False
     status = "ok"
     diverged_step = None
     model.train()
@@ -228,7 +236,8 @@ def train(
                 g.grad.add_(torch.sign(g.detach()), alpha=spec.bn_l1)
         optimizer.step()
         with torch.no_grad():
-            torch._foreach_mul_(masked, mask_f)
+            if masked:
+                torch._foreach_mul_(masked, mask_f)
             loss_sum += loss.detach() * len(y)
             correct_sum += (out.argmax(1) == y).sum()
         seen += len(y)
@@ -241,9 +250,11 @@ def train(
                 print(f"[{label}] diverged before step {step}; last finite train loss {last_finite}",
                       file=sys.stderr, flush=True)
                 break
+            if stop_requested:
+                break
         if resume_path is not None and spec.checkpoint_every and step % spec.checkpoint_every == 0 and step < steps:
-            _save_resume(resume_path, model, optimizer, step, seen, loss_sum, correct_sum, rows,
-                         snapshots, last_finite, good_state, device)
+            _save_resume(resume_path, identity, model, optimizer, step, seen, loss_sum, correct_sum,
+                         rows, snapshots, last_finite, good_state, device)
 
     if status == "diverged":
         model.load_state_dict(good_state)
@@ -272,9 +283,35 @@ def _clone_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def _save_resume(path: Path, model, optimizer, step, seen, loss_sum, correct_sum, rows, snapshots,
-                 last_finite, good_state, device) -> None:
+def _identity(spec: TrainingSpec, mask: Mask, seed: int, start: int, steps: int, constant_lr: bool,
+              model: nn.Module) -> str:
+    """What a resume file must match: the training settings, the mask and the start weights."""
+    digest = hashlib.sha256(repr((spec, seed, start, steps, constant_lr)).encode())
+    for name in sorted(mask):
+        digest.update(name.encode() + mask[name].cpu().numpy().tobytes())
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode() + tensor.detach().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _load_resume(path: Path | None, identity: str, device: torch.device, label: str) -> dict | None:
+    """The saved progress of this very training, or None (a foreign file is set aside, not used)."""
+    if path is None or not path.exists():
+        return None
+    saved = io.load_torch(path, map_location=device)
+    if saved.get("identity") != identity:
+        stale = path.with_name(path.name + ".stale")
+        path.replace(stale)
+        print(f"[{label}] {path} belongs to another training (spec, mask or start weights differ); "
+              f"moved it to {stale.name} and starting from step 0", file=sys.stderr, flush=True)
+        return None
+    return saved
+
+
+def _save_resume(path: Path, identity: str, model, optimizer, step, seen, loss_sum, correct_sum, rows,
+                 snapshots, last_finite, good_state, device) -> None:
     state = {
+        "identity": identity,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "rng_cpu": torch.get_rng_state(),

@@ -1,0 +1,336 @@
+"""lotto.spec: errors that name the key, the value and the fix; stable hashes; round trips."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from conftest import tiny_doc, tiny_spec
+
+from lotto import models
+from lotto.masks import prunable_layers
+from lotto.spec import (
+    ExperimentSpec,
+    SpecError,
+    TrainingSpec,
+    build_model,
+    load_experiment,
+    resolve,
+)
+
+
+def refusal(doc: dict) -> str:
+    """The message of the SpecError `doc` must raise."""
+    with pytest.raises(SpecError) as info:
+        resolve(doc)
+    return str(info.value)
+
+
+# ---------------------------------------------------------------------------- config errors
+
+# (overrides of the tiny experiment, texts the message must contain: key path, value, allowed)
+CONFIG_ERRORS = {
+    "unknown key with did-you-mean": (
+        {"training": {"lrr": 0.1}},
+        ["training.lrr", "unknown key", "did you mean 'lr'", "allowed keys:", "batch_size"],
+    ),
+    "unknown top-level key": (
+        {"pruneing": {"rounds": 1}},
+        ["pruneing", "unknown key", "did you mean 'pruning'"],
+    ),
+    "wrong type": (
+        {"training": {"lr": "fast"}},
+        ["training.lr", "'fast'", "expected number"],
+    ),
+    "wrong type of a section": (
+        {"model": ["lenet_300_100"]},
+        ["model", "['lenet_300_100']", "expected object"],
+    ),
+    "layer-wise rate of 1": (
+        {"pruning": {"rates": {"fc": 1.0}}},
+        ["pruning.rates.fc", "1.0", "< 1"],
+    ),
+    "global rate above 1": (
+        {"pruning": {"scope": "global", "rate": 1.5, "rates": None}},
+        ["pruning.rate", "1.5", "< 1"],
+    ),
+    "negative iterations": (
+        {"training": {"duration": -5}},
+        ["training.duration", "-5", "'<n>it'", "'<n>ep'"],
+    ),
+    "step with a bad unit": (
+        {"training": {"duration": "12epochs"}},
+        ["training.duration", "'12epochs'", "'<n>it'", "'<n>ep'"],
+    ),
+    "zero iterations": (
+        {"training": {"duration": "0ep"}},
+        ["training.duration", "'0ep'", "at least 1 iteration"],
+    ),
+    "unknown model": (
+        {"model": {"name": "lenet_300"}},
+        ["model.name", "'lenet_300'", "did you mean 'lenet_300_100'", "choose one of:", "conv2"],
+    ),
+    "bad enum": (
+        {"training": {"optimizer": "sgdd"}},
+        ["training.optimizer", "'sgdd'", "did you mean 'sgd'", "choose one of: adam, sgd"],
+    ),
+    "rewind step beyond the schedule": (
+        {"rewinding": {"weights": "step", "step": 500}},
+        ["rewinding.step", "500", "< 60 it"],
+    ),
+    "rewind step in epochs beyond the schedule": (
+        {"rewinding": {"weights": "step", "step": "2ep"}},
+        ["rewinding.step", "'2ep'", "60 it"],
+    ),
+    "val_size too large": (
+        {"dataset": {"val_size": 2000}},
+        ["dataset.val_size", "2000", "< 2000"],
+    ),
+    "branches without rounds": (
+        {"pruning": {"rounds": 0}, "branches": ["reinit"]},
+        ["branches", "reinit", "pruning.rounds >= 1"],
+    ),
+    "unknown branch": (
+        {"branches": ["reinitt"]},
+        ["branches[0]", "'reinitt'", "did you mean 'reinit'", "random_mask"],
+    ),
+    "missing required key": (
+        {"training": {"lr": None}},
+        ["training", "missing required key 'lr'"],
+    ),
+    "adam with momentum": (
+        {"training": {"momentum": 0.9}},
+        ["training.momentum", "optimizer: sgd"],
+    ),
+    "milestone after the end": (
+        {"training": {"milestones": [30, 90]}},
+        ["training.milestones", "90", "after the end (60 it)"],
+    ),
+    "rate given for global scope as rates": (
+        {"pruning": {"scope": "global"}},
+        ["pruning.rates", "scope: layerwise", "pruning.rate"],
+    ),
+    "label outside the classes": (
+        {"dataset": {"labels": [0, 12]}},
+        ["dataset.labels", "12", "0..9"],
+    ),
+    "option the model lacks": (
+        {"model": {"width": 2.0}},
+        ["model", "width=2.0", "options of 'lenet_300_100'"],
+    ),
+    "integral float for an integer key": (
+        {"training": {"batch_size": 60.0}},
+        ["training.batch_size", "60.0", "integer"],
+    ),
+    "integral float for a step": (
+        {"training": {"duration": 60.0}},
+        ["training.duration", "60.0", "'<n>it'"],
+    ),
+}
+
+
+@pytest.mark.parametrize("overrides, expected", CONFIG_ERRORS.values(), ids=CONFIG_ERRORS.keys())
+def test_config_error_names_key_value_and_allowed_values(overrides, expected):
+    """A user fixes a bad file from the message alone: where, what, and what is allowed."""
+    message = refusal(tiny_doc(**overrides))
+    for text in expected:
+        assert text in message, f"{text!r} missing from: {message}"
+    assert "Traceback" not in message
+
+
+def test_layerwise_rates_missing_for_a_conv_model():
+    """A conv net pruned layer-wise needs a conv rate; leaving it out is a mistake, not 0%."""
+    message = refusal(tiny_doc(model={"name": "conv2"}))
+    assert "pruning.rates" in message and "conv" in message and "conv2" in message
+
+
+def test_exclude_naming_a_non_layer_lists_the_layers():
+    spec = tiny_spec()
+    layer_names = [n for n, _, _ in prunable_layers(build_model(spec.model, spec.dataset, "meta"))]
+    message = refusal(tiny_doc(pruning={"exclude": ["fc9"]}))
+    assert "pruning.exclude" in message and "'fc9'" in message
+    assert all(name in message for name in layer_names)
+
+
+def test_every_problem_is_reported_at_once():
+    """Two independent mistakes are both listed, so one edit fixes the file."""
+    message = refusal(tiny_doc(training={"lrr": 0.1, "batch_size": "big"}))
+    assert "training.lrr" in message and "training.batch_size" in message
+
+
+def test_error_names_the_file(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("dataset: {name: synthetic, val_size: 200}\nmodel: {name: lenet_300_100}\n"
+                    "training: {optimizer: adam, lr: 0.001, batch_size: 60, duratoin: 10}\n")
+    with pytest.raises(SpecError) as info:
+        load_experiment(path)
+    assert str(path) in str(info.value) and "training.duratoin" in str(info.value)
+
+
+def test_missing_file_and_bad_yaml_are_spec_errors(tmp_path):
+    with pytest.raises(SpecError, match="not found"):
+        load_experiment(tmp_path / "absent.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("training: [unclosed\n")
+    with pytest.raises(SpecError, match="not valid YAML"):
+        load_experiment(bad)
+
+
+def test_conv_model_with_all_rates_resolves():
+    spec = tiny_spec(model={"name": "conv2"}, pruning={"rates": {"conv": 0.1, "fc": 0.2}})
+    assert dict(spec.pruning.rates) == {"conv": 0.1, "fc": 0.2, "output": 0.1}
+
+
+# ---------------------------------------------------------------------------- resolution
+
+
+def test_steps_in_epochs_become_iterations():
+    """'2ep' counts the training portion after the validation hold-out."""
+    spec = tiny_spec(training={"duration": "2ep", "milestones": ["1ep", "45it"], "warmup": 5})
+    per_epoch = (2000 - 200) // 60
+    assert spec.training.duration == 2 * per_epoch
+    assert spec.training.milestones == (per_epoch, 45)
+    assert spec.training.warmup == 5
+
+
+def test_lr_schedule_warmup_and_decay():
+    t = tiny_spec(training={"milestones": [20, 40], "gamma": 0.5, "warmup": 4}).training
+    assert t.lr_at(0) == pytest.approx(t.lr / 4)
+    assert t.lr_at(3) == pytest.approx(t.lr)
+    assert t.lr_at(19) == pytest.approx(t.lr)
+    assert t.lr_at(20) == pytest.approx(t.lr / 2)
+    assert t.lr_at(59) == pytest.approx(t.lr / 4)
+
+
+def test_output_rate_defaults_to_half_the_fc_rate():
+    assert tiny_spec().pruning.rate_for("output") == pytest.approx(0.1)
+    explicit = tiny_spec(pruning={"rates": {"fc": 0.2, "output": 0.3}})
+    assert explicit.pruning.rate_for("output") == pytest.approx(0.3)
+
+
+def test_target_density_splits_into_equal_rounds():
+    spec = tiny_spec(pruning={"rates": None, "rounds": 3, "target_density": 0.512})
+    for kind in ("fc", "output"):
+        assert spec.pruning.rate_for(kind) == pytest.approx(0.2)
+
+
+def test_tf_batchnorm_momentum_is_converted():
+    spec = tiny_spec(model={"name": "resnet20", "bn_momentum": 0.9, "bn_convention": "tf"},
+                     pruning={"rates": {"conv": 0.2, "fc": 0.2}})
+    assert spec.model.bn_momentum == pytest.approx(0.1)
+
+
+def test_rewinding_defaults_follow_the_recipe():
+    """Stable weight rewinding rewinds the LR with the weights and retrains T - k."""
+    spec = tiny_spec(rewinding={"weights": "step", "step": 20})
+    r = spec.rewinding
+    assert (r.lr, r.retrain, r.schedule_offset) == ("rewind", 40, 20)
+    lrr = tiny_spec(rewinding={"weights": "final"})
+    r = lrr.rewinding
+    assert (r.lr, r.retrain, r.schedule_offset) == ("restart", 60, 0)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"pruning": {"scope": "global", "rate": 0.2, "rates": None, "exclude": ["5"]}},
+        {"rewinding": {"weights": "step", "step": "10it"}, "seeds": [3, 1]},
+        {"rewinding": {"weights": "back", "back": 0.25}, "branches": ["reinit", "oneshot"]},
+        {"dataset": {"labels": [0, 4], "half": 1,
+                     "synthetic": {"n_train": 3000, "shape": [1, 6, 6]}}},
+        {"training": {"optimizer": "sgd", "momentum": 0.9, "nesterov": True, "milestones": [30]}},
+    ],
+)
+def test_spec_round_trips_through_json(overrides):
+    """The spec written beside the results rebuilds the identical spec."""
+    spec = tiny_spec(**overrides)
+    assert ExperimentSpec.from_dict(spec.to_dict()) == spec
+    assert ExperimentSpec.from_dict(spec.to_dict()).recipe_key == spec.recipe_key
+
+
+# ---------------------------------------------------------------------------- hashes
+
+SAME_DENSE_ROUND = {
+    "pruning rate": {"pruning": {"rates": {"fc": 0.5}}},
+    "pruning scope": {"pruning": {"scope": "global", "rate": 0.2, "rates": None}},
+    "rewinding": {"rewinding": {"weights": "step", "step": 10}},
+    "seeds": {"seeds": [0, 1, 2]},
+    "branches": {"branches": ["reinit", "random_mask"]},
+    "name": {"name": "other"},
+    "checkpoint cadence": {"training": {"checkpoint_every": 10}},
+}
+
+
+@pytest.mark.parametrize("overrides", SAME_DENSE_ROUND.values(), ids=SAME_DENSE_ROUND.keys())
+def test_dense_key_ignores_what_round_0_does_not_depend_on(overrides):
+    """Experiments that differ only after round 0 share its cached outputs."""
+    assert tiny_spec(**overrides).dense_key == tiny_spec().dense_key
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{"training": {"lr": 0.01}}, {"training": {"batch_size": 30}}, {"model": {"dropout": 0.5}},
+     {"dataset": {"val_size": 100}}],
+)
+def test_dense_key_changes_with_what_round_0_depends_on(overrides):
+    changed = tiny_spec(**overrides)
+    assert changed.dense_key != tiny_spec().dense_key
+    assert changed.recipe_key != tiny_spec().recipe_key
+
+
+def test_recipe_key_changes_with_the_pruning_and_rewinding_recipe():
+    base = tiny_spec().recipe_key
+    assert tiny_spec(pruning={"rates": {"fc": 0.3}}).recipe_key != base
+    assert tiny_spec(rewinding={"weights": "final"}).recipe_key != base
+    assert tiny_spec(seeds=[5]).recipe_key == base
+
+
+EXPLICIT_DEFAULTS = {
+    "training.momentum": {"training": {"momentum": 0.0}},
+    "training.weight_decay": {"training": {"weight_decay": 0.0}},
+    "training.milestones": {"training": {"milestones": []}},
+    "training.gamma": {"training": {"gamma": 0.1}},
+    "training.warmup": {"training": {"warmup": 0}},
+    "training.divergence_loss": {"training": {"divergence_loss": 1.0e4}},
+    "model.dropout": {"model": {"dropout": 0.0}},
+    "model.bn_convention": {"model": {"bn_convention": "torch"}},
+    "dataset.download": {"dataset": {"download": False}},
+    "dataset.synthetic": {"dataset": {"synthetic": {"n_train": 2000, "seed": 0}}},
+    "pruning.criterion": {"pruning": {"criterion": "magnitude"}},
+    "pruning.scope": {"pruning": {"scope": "layerwise"}},
+    "pruning.exclude": {"pruning": {"exclude": []}},
+    "pruning.rates.output": {"pruning": {"rates": {"fc": 0.2, "output": 0.1}}},
+    "rewinding.weights": {"rewinding": {"weights": "init"}},
+    "rewinding.lr": {"rewinding": {"lr": "restart"}},
+    "rewinding.retrain": {"rewinding": {"retrain": 60}},
+}
+
+
+@pytest.mark.parametrize("overrides", EXPLICIT_DEFAULTS.values(), ids=EXPLICIT_DEFAULTS.keys())
+def test_writing_a_default_explicitly_keeps_both_hashes(overrides):
+    """Adding a knob at its default must not invalidate cached results."""
+    spec = tiny_spec(**overrides)
+    assert (spec.dense_key, spec.recipe_key) == (tiny_spec().dense_key, tiny_spec().recipe_key)
+
+
+def test_a_new_knob_at_its_default_keeps_both_hashes():
+    """The reason hashes skip defaults: a later version adding a field must not orphan results."""
+    spec = tiny_spec()
+    newer = dataclasses.make_dataclass("TrainingSpec", [("new_knob", float, 0.0)],
+                                       bases=(TrainingSpec,), frozen=True)
+    same = dataclasses.replace(spec, training=newer(**dataclasses.asdict(spec.training)))
+    assert (same.dense_key, same.recipe_key) == (spec.dense_key, spec.recipe_key)
+    changed = dataclasses.replace(same, training=dataclasses.replace(same.training, new_knob=1.0))
+    assert changed.dense_key != spec.dense_key
+
+
+def test_every_registered_model_resolves_or_names_its_problem():
+    """resolve builds each model on the meta device; a model that cannot take 8x8 says why."""
+    for name in models.model_names():
+        try:
+            spec = tiny_spec(model={"name": name}, pruning={"rates": {"conv": 0.1, "fc": 0.2}})
+        except SpecError as err:
+            assert "model" in str(err) and "8x8" in str(err), str(err)
+        else:
+            assert spec.model.name == name
