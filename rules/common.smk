@@ -10,6 +10,7 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from lotto.spec import PruningSpec, RewindingSpec, SpecError, load_experiment
+from lotto import earlybird as _earlybird
 from lotto.rounds import start_point
 
 validate(config, schema="../config/schema/config.schema.yaml")
@@ -174,6 +175,59 @@ def gpus(wildcards):
 
 
 # --- what the targets need ----------------------------------------------------------
+
+
+def imp_experiments():
+    """Experiments run as IMP rounds (those with an earlybird section run rules/earlybird.smk)."""
+    return [e for e, spec in EXPERIMENTS.items() if spec.earlybird is None]
+
+
+# Early-Bird experiments (rules/earlybird.smk)
+
+EB_EXPERIMENTS = [
+    name for name, spec in EXPERIMENTS.items() if spec.earlybird is not None
+]
+
+
+def eb_seed_dir(experiment, seed):
+    return f"results/{experiment}/eb/seed{seed}"
+
+
+def eb_ratio(experiment, label):
+    """The ratio a 'p30' wildcard names, refused when the experiment does not search it."""
+    ratios = {
+        _earlybird.ratio_label(r): r for r in EXPERIMENTS[experiment].earlybird.ratios
+    }
+    if label not in ratios:
+        raise ValueError(
+            f"{experiment}: ratio {label} is not searched; choose one of: {', '.join(ratios)}"
+        )
+    return ratios[label]
+
+
+def eb_summaries(experiment):
+    """summary.json of every retraining the experiment asks for, all seeds and ratios."""
+    spec = EXPERIMENTS[experiment]
+    return [
+        f"{eb_seed_dir(experiment, seed)}/{_earlybird.ratio_label(ratio)}/{ticket}-{mode}/summary.json"
+        for seed in spec.seeds
+        for ratio in spec.earlybird.ratios
+        for ticket, mode in _earlybird.retrain_jobs(spec)
+    ]
+
+
+def eb_targets():
+    return [
+        path
+        for e in EB_EXPERIMENTS
+        for path in (
+            *(
+                f"results/figures/{e}/eb_{kind}.png"
+                for kind in ("accuracy", "distances", "flops")
+            ),
+            f"results/tables/{e}-eb.md",
+        )
+    ]
 
 
 def experiment_metrics(experiment):

@@ -2,46 +2,7 @@
 #   eb_search  dense training with network slimming; channel masks each epoch; tickets drawn
 #   eb_train   one ticket (ratio x ticket x mode) with its channels removed, retrained
 #   eb_figures Fig. 1 / 3 / 5 and the Table-2-shaped table
-# Needs from common.smk: EXPERIMENTS, data_file, gpus.
-from lotto import earlybird as _earlybird
-
-EB_EXPERIMENTS = [name for name, spec in EXPERIMENTS.items() if spec.earlybird is not None]
-
-
-def eb_seed_dir(experiment, seed):
-    return f"results/{experiment}/eb/seed{seed}"
-
-
-def eb_ratio(experiment, label):
-    """The ratio a 'p30' wildcard names, refused when the experiment does not search it."""
-    ratios = {_earlybird.ratio_label(r): r for r in EXPERIMENTS[experiment].earlybird.ratios}
-    if label not in ratios:
-        raise ValueError(f"{experiment}: ratio {label} is not searched; choose one of: {', '.join(ratios)}")
-    return ratios[label]
-
-
-def eb_summaries(experiment):
-    """summary.json of every retraining the experiment asks for, all seeds and ratios."""
-    spec = EXPERIMENTS[experiment]
-    return [
-        f"{eb_seed_dir(experiment, seed)}/{_earlybird.ratio_label(ratio)}/{ticket}-{mode}/summary.json"
-        for seed in spec.seeds
-        for ratio in spec.earlybird.ratios
-        for ticket, mode in _earlybird.retrain_jobs(spec)
-    ]
-
-
-def eb_targets():
-    return [
-        path
-        for e in EB_EXPERIMENTS
-        for path in (
-            *(f"results/figures/{e}/eb_{kind}.png" for kind in ("accuracy", "distances", "flops")),
-            f"results/tables/{e}-eb.md",
-        )
-    ]
-
-
+# Needs from common.smk: EXPERIMENTS, EB_EXPERIMENTS, eb_* helpers, data_file, gpus.
 rule eb_search:
     input:
         spec="results/{experiment}/recipe.json",
@@ -81,14 +42,14 @@ rule eb_train:
         summary="results/{experiment}/eb/seed{seed}/{ratio}/{ticket}-{mode}/summary.json",
         checkpoint="results/{experiment}/eb/seed{seed}/{ratio}/{ticket}-{mode}/checkpoint.pt",
         metrics="results/{experiment}/eb/seed{seed}/{ratio}/{ticket}-{mode}/metrics.parquet",
-    wildcard_constraints:
-        ratio=r"p\d+",
-        ticket=r"eb|e\d+|final",
-        mode="ff|reinit|lt_oneshot",
     log:
         "results/logs/{experiment}/eb/seed{seed}/{ratio}-{ticket}-{mode}.log",
     benchmark:
         "results/benchmarks/{experiment}/eb/seed{seed}/{ratio}-{ticket}-{mode}.tsv"
+    wildcard_constraints:
+        ratio=r"p\d+",
+        ticket=r"eb|e\d+|final",
+        mode="ff|reinit|lt_oneshot",
     conda:
         "../envs/lotto.yaml"
     threads: config.get("threads", 1)
