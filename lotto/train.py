@@ -298,7 +298,12 @@ def _load_resume(path: Path | None, identity: str, device: torch.device, label: 
     """The saved progress of this very training, or None (a foreign file is set aside, not used)."""
     if path is None or not path.exists():
         return None
-    saved = io.load_torch(path, map_location=device)
+    try:
+        saved = io.load_torch(path, map_location=device)
+    except io.CorruptFileError as err:  # killed while being overwritten: progress is lost, not results
+        print(f"[{label}] ignoring unusable progress file: {err}", file=sys.stderr, flush=True)
+        path.unlink()
+        return None
     if saved.get("identity") != identity:
         stale = path.with_name(path.name + ".stale")
         path.replace(stale)

@@ -20,12 +20,14 @@ FIGURE_KINDS = ["accuracy", "early_stop", "curves"]
 
 
 def _experiment_file(entry):
+    """A path as given, or a preset name: config/experiments/<name>.yaml in the working
+    directory, else in the workflow's own directory (for --directory runs)."""
     path = Path(entry)
-    return (
-        path
-        if path.suffix in (".yaml", ".yml")
-        else Path("config/experiments") / f"{entry}.yaml"
-    )
+    if path.suffix in (".yaml", ".yml"):
+        return path
+    local = Path("config/experiments") / f"{entry}.yaml"
+    shipped = Path(workflow.basedir) / local
+    return local if local.exists() or not shipped.exists() else shipped
 
 
 def _load_experiments(entries):
@@ -59,12 +61,12 @@ for _spec in EXPERIMENTS.values():
 def use_gpu(spec):
     if spec.training.device != "auto":
         return spec.training.device == "cuda"
-    choice = config.get("use_gpu", "auto")
+    choice = str(config.get("use_gpu", "auto")).lower()
     if choice == "auto":
         import torch
 
         return torch.cuda.is_available()
-    return bool(choice)
+    return choice == "true"
 
 
 DATA = {spec.data_key: spec for spec in EXPERIMENTS.values()}
