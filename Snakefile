@@ -16,6 +16,7 @@ include: "rules/data.smk"
 include: "rules/train.smk"
 include: "rules/aggregate.smk"
 include: "rules/earlybird.smk"
+include: "rules/presets.smk"
 
 
 localrules:
@@ -31,6 +32,7 @@ rule all:
         "results/report.html",
         figure_targets(),
         table_targets(),
+        study_targets(),
 
 
 rule figures:

@@ -28,10 +28,12 @@ from lotto import io, metrics
 matplotlib.use("Agg")  # no display needed on cluster nodes; figures are only saved
 
 SIZE_IN = (3.5, 2.6)  # single column
+BOXES_MAX_WIDTH_IN = 7.0  # box plots widen with their boxes, up to two columns
 DPI = 200
 MAX_DENSITY_TICKS = 7
 LEGEND_INSIDE_MAX = 4  # more entries go below the axes
 LEGEND_ROW_IN, LEGEND_PAD_IN = 0.17, 0.1
+LEGEND_TWO_COLUMN_CHARS = 22  # longer labels would be cut at the figure's edges: one column
 STYLE = {
     "font.size": 8,
     "axes.titlesize": 9,
@@ -119,6 +121,64 @@ def curves(
     return fig
 
 
+def accuracy_boxes(
+    frame: pd.DataFrame, out: str | Path, *, which: str = "early_stop", title: str | None = None
+) -> Figure:
+    """Test accuracy over seeds as box plots per density, one box per (experiment, branch) side by
+    side: seed 001's Fig. 6, the four models over trials. Boxes span the quartiles with the median
+    marked, whiskers reach 1.5 IQR and points beyond are circles. The dense round 0 (shared, counted
+    once per seed) is the grey band from its minimum to its maximum, its median dashed. Diverged runs
+    are red crosses, left out of the boxes."""
+    if which not in WHICH:
+        raise ValueError(f"unknown accuracy {which!r}; choose one of: {', '.join(WHICH)}")
+    column, ylabel = WHICH[which]
+    runs = _summaries(frame)
+    runs["value"] = runs[column] * 100
+    runs["label"] = runs.percent.map(_percent_label)
+    pruned = runs[runs["round"] > 0]
+    if pruned.empty:
+        raise ValueError("no pruned rounds in the metrics; box plots compare densities below 100%")
+    groups = sorted({(e, b) for e, b in zip(pruned.experiment, pruned.branch, strict=True)},
+                    key=lambda g: (g[0], g[1] != "main", g[1]))
+    categories = sorted(pruned.label.unique(), key=lambda label: -pruned[pruned.label == label].percent.mean())
+    width = 0.8 / len(groups)
+    with matplotlib.rc_context(STYLE):
+        fig, ax = _new_axes()
+        fig.set_figwidth(min(BOXES_MAX_WIDTH_IN, max(SIZE_IN[0], 0.22 * len(categories) * len(groups) + 1.0)))
+        dense = runs[(runs["round"] == 0) & (runs.status == "ok")].drop_duplicates(["seed", "value"])
+        if len(dense):
+            ax.axhspan(dense.value.min(), dense.value.max(), color="0.85", zorder=0)
+            ax.axhline(dense.value.median(), color="0.4", linestyle="--", linewidth=0.8,
+                       label="dense (median, range)")
+        colors = matplotlib.colormaps["tab10"].colors
+        for index, (experiment, branch) in enumerate(groups):
+            color = colors[index % len(colors)]
+            line = pruned[(pruned.experiment == experiment) & (pruned.branch == branch)]
+            ok = line[line.status == "ok"]
+            present = [c for c in categories if (ok.label == c).any()]
+            positions = [categories.index(c) + (index - (len(groups) - 1) / 2) * width for c in present]
+            ax.boxplot(
+                [ok[ok.label == c].value.to_numpy() for c in present], positions=positions,
+                widths=width * 0.85, patch_artist=True, manage_ticks=False,
+                boxprops={"facecolor": color, "alpha": 0.6, "linewidth": 0.6},
+                medianprops={"color": "black", "linewidth": 0.8},
+                whiskerprops={"linewidth": 0.6}, capprops={"linewidth": 0.6},
+                flierprops={"markersize": 2.5, "markeredgewidth": 0.5},
+            )
+            ax.plot([], [], marker="s", linestyle="none", color=color, alpha=0.6,
+                    label=_line_label(experiment, branch))
+        diverged = pruned[pruned.status != "ok"]
+        if len(diverged):
+            ax.plot([categories.index(c) for c in diverged.label], diverged.value.to_numpy(), linestyle="none",
+                    marker="x", color="red", markersize=5, label=DIVERGED_LABEL)
+        ax.set_xticks(range(len(categories)), categories)
+        ax.set_xlim(-0.6, len(categories) - 0.4)
+        ax.set_xlabel("Weights remaining (%)")
+        ax.set_ylabel(ylabel)
+        _finish(fig, ax, out, title)
+    return fig
+
+
 def _summaries(frame: pd.DataFrame) -> pd.DataFrame:
     runs = metrics.summarize(_require_rows(frame))
     runs["percent"] = runs.density * 100
@@ -142,6 +202,9 @@ def _line_label(experiment: str, branch: str) -> str:
 
 def _density_figure(runs: pd.DataFrame, out: str | Path, *, ylabel: str, title: str | None) -> Figure:
     experiments = sorted(runs.experiment.unique())
+    dense_runs = runs[(runs["round"] == 0) & (runs.status == "ok")]
+    dense_means = {round(float(v), 9) for v in dense_runs.groupby("experiment").value.mean()}
+    shared_dense = len(experiments) > 1 and dense_runs.experiment.nunique() == len(experiments) and len(dense_means) == 1
     with matplotlib.rc_context(STYLE):
         fig, ax = _new_axes()
         colors = iter(matplotlib.colormaps["tab10"].colors * 4)
@@ -163,9 +226,11 @@ def _density_figure(runs: pd.DataFrame, out: str | Path, *, ylabel: str, title: 
                     label=_line_label(experiment, branch),
                 )
             dense = exp_runs[(exp_runs["round"] == 0) & (exp_runs.status == "ok")].value
-            if len(dense):
+            if len(dense) and not shared_dense:
                 label = "dense" if len(experiments) == 1 else f"{experiment}: dense"
                 ax.axhline(dense.mean(), color=main_color, linestyle="--", linewidth=0.8, label=label)
+        if shared_dense:  # experiments that differ only in pruning share round 0: one line
+            ax.axhline(dense_means.pop(), color="0.4", linestyle="--", linewidth=0.8, label="dense")
         diverged = runs[runs.status != "ok"]
         if len(diverged):
             ax.plot(diverged.percent.to_numpy(), diverged.value.to_numpy(), linestyle="none", marker="x", color="red",
@@ -224,9 +289,10 @@ def _finish(fig: Figure, ax, out: str | Path, title: str | None) -> None:
     handles, labels = [handles[i] for i in order], [labels[i] for i in order]
     if len(handles) > LEGEND_INSIDE_MAX:
         # a long legend would hide the data: put it below and grow the figure to keep the axes
-        rows = math.ceil(len(handles) / 2)
+        ncol = 2 if max(map(len, labels)) <= LEGEND_TWO_COLUMN_CHARS else 1
+        rows = math.ceil(len(handles) / ncol)
         fig.set_figheight(SIZE_IN[1] + LEGEND_PAD_IN + rows * LEGEND_ROW_IN)
-        fig.legend(handles, labels, loc="outside lower center", ncol=2, handlelength=1.8, frameon=False)
+        fig.legend(handles, labels, loc="outside lower center", ncol=ncol, handlelength=1.8, frameon=False)
     elif handles:
         ax.legend(handles, labels, loc="best", framealpha=0.8, handlelength=1.8, borderaxespad=0.3)
     save(fig, out)

@@ -20,7 +20,9 @@ exactly on CPU because the batch order depends only on (seed, step).
 from __future__ import annotations
 
 import hashlib
+import math
 import sys
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -28,10 +30,20 @@ import torch
 
 from lotto import data as datasets
 from lotto import io, masks, metrics, prune
-from lotto.spec import ExperimentSpec, build_model
-from lotto.train import TrainResult, resolve_device, train
+from lotto.spec import ExperimentSpec, TrainingSpec, build_model
+from lotto.train import TrainResult, evaluate, resolve_device, train
 
-BRANCHES = ("reinit", "random_mask", "oneshot")
+BRANCHES = (
+    "reinit", "random_mask", "oneshot", "supermask", "supermask_random",
+    "shuffle_weights", "shuffle_mask", "scratch_b", "transfer",
+)
+# Branches that read only their own experiment's files (the workflow's control_branch rule);
+# 'transfer' reads another experiment's round and has a rule of its own.
+LOCAL_BRANCHES = tuple(b for b in BRANCHES if b != "transfer")
+UNTRAINED_BRANCHES = ("supermask", "supermask_random")
+# Liu et al.'s Scratch-B trains for the dense model's FLOPs budget, but at most twice the epochs
+# (seed 001: "if pruning decreases the FLOPs by at least a factor of 2, the epochs are doubled").
+SCRATCH_B_MAX_FACTOR = 2.0
 
 
 @dataclass(frozen=True)
@@ -138,7 +150,8 @@ def run_round(
     model.load_state_dict(_load_state(prev_dir / "checkpoint.pt", device))
     prev_mask = masks.load(prev_dir / "mask.pt", model)
     generator = torch.Generator().manual_seed(derived_seed(seed, "prune", round_))
-    mask = prune.prune(model, prev_mask, spec.pruning, generator)
+    scores = _snip_scores(spec, splits, seed, dense_dir, device) if spec.pruning.criterion == "snip" else None
+    mask = prune.prune(model, prev_mask, spec.pruning, generator, scores)
 
     point = start_point(spec, round_)
     if point.source == "init":
@@ -165,6 +178,17 @@ def run_round(
     return result
 
 
+def _snip_scores(spec: ExperimentSpec, splits: datasets.Splits, seed: int, dense_dir: Path,
+                 device: torch.device) -> dict[str, torch.Tensor]:
+    """SNIP scores of the dense theta_0 on one fixed training batch of the seed. They are the same
+    every round, so round r's mask is exactly one-shot SNIP at round r's density."""
+    model = _new_model(spec, seed, device)
+    model.load_state_dict(_load_state(dense_dir / "init.pt", device))
+    generator = torch.Generator().manual_seed(derived_seed(seed, "snip"))
+    batch = torch.randperm(len(splits.train_x), generator=generator)[: spec.training.batch_size].to(device)
+    return prune.snip_scores(model, splits.train_x[batch], splits.train_y[batch])
+
+
 def run_replay(spec: ExperimentSpec, data_path: Path, seed: int, step: int, dense_dir: Path, out: Path) -> None:
     """Weights of round 0 after `step` iterations, by retraining from theta_0 (same batches)."""
     device = resolve_device(spec.training.device)
@@ -187,11 +211,19 @@ def run_branch(
     dense_dir: Path,
     out: Path,
 ) -> TrainResult:
-    """A control trained once from round `round_`'s mask: the full schedule from step 0.
+    """A control built once from round `round_`'s mask (round_dir) and theta_0 (dense_dir), trained
+    for the full schedule from step 0 unless it is an untrained one.
 
-    reinit: same mask, fresh initialisation; random_mask: a random mask with the same
-    per-layer counts, theta_0 weights; oneshot: the dense network's final weights pruned
-    in one step to the same density (per layer, or globally), reset to theta_0.
+    reinit: same mask, fresh initialisation (also Liu et al.'s Scratch-E); random_mask: a random
+    mask with the same per-layer counts, theta_0 weights; oneshot: the dense network's final
+    weights pruned in one step to the same density (per layer, or globally), reset to theta_0;
+    supermask / supermask_random: theta_0 under the round's mask / under random_mask's mask,
+    evaluated without training (Zhou et al. 2019; rows at step 0 only); shuffle_weights /
+    shuffle_mask: the ticket with its surviving theta_0 values permuted within each layer's mask /
+    with mask and weights permuted together within each layer (Mikler's Table 3.1 A and B; layers
+    in pruning.exclude are left alone); scratch_b: reinit's network trained for Liu et al.'s
+    Scratch-B budget (`scratch_b_schedule`); transfer: the ticket itself, theta_0 under the mask,
+    where round_dir and dense_dir are another experiment's (transfer.from).
     """
     if kind not in BRANCHES:
         raise ValueError(f"unknown branch {kind!r}; choose one of: {', '.join(BRANCHES)}")
@@ -199,20 +231,82 @@ def run_branch(
     splits = load_data(spec, data_path, device)
     model = _new_model(spec, seed, device)
     mask = masks.load(round_dir / "mask.pt", model)
-    if kind == "reinit":
+    training = spec.training
+    if kind in ("reinit", "scratch_b"):
         model = _new_model(spec, derived_seed(seed, "reinit", round_), device)
-    elif kind == "random_mask":
+        if kind == "scratch_b":
+            training = scratch_b_schedule(spec.training, masks.density(mask))
+    elif kind in ("random_mask", "supermask_random"):
         mask = prune.random_like(mask, torch.Generator().manual_seed(derived_seed(seed, "random_mask", round_)))
         model.load_state_dict(_load_state(dense_dir / "init.pt", device))
-    else:
+    elif kind == "oneshot":
         model.load_state_dict(_load_state(dense_dir / "checkpoint.pt", device))
         mask = prune.prune_to_match(model, mask, spec.pruning.scope, spec.pruning.exclude)
         model.load_state_dict(_load_state(dense_dir / "init.pt", device))
-    result = train(model, splits, spec.training, mask=mask, seed=seed, steps=spec.training.duration,
-                   resume_path=_resume_file(out), label=f"{spec.name} seed{seed} round{round_} {kind}")
+    else:
+        model.load_state_dict(_load_state(dense_dir / "init.pt", device))
+        if kind in ("shuffle_weights", "shuffle_mask"):
+            generator = torch.Generator().manual_seed(derived_seed(seed, kind, round_))
+            mask = shuffle_ticket_(model, mask, kind, generator, spec.pruning.exclude)
+    label = f"{spec.name} seed{seed} round{round_} {kind}"
+    if kind in UNTRAINED_BRANCHES:
+        result = evaluate_untrained(model, splits, mask)
+    else:
+        result = train(model, splits, training, mask=mask, seed=seed, steps=training.duration,
+                       resume_path=_resume_file(out), label=label)
     _write_training(out, spec, seed, round_, kind, mask, result)
     _finish(out)
     return result
+
+
+def scratch_b_schedule(training: TrainingSpec, density: float) -> TrainingSpec:
+    """Liu et al.'s Scratch-B: the schedule stretched by the dense/sparse FLOPs ratio, taken to be
+    1/density (FLOPs of the masked layers scale with their weights; per-layer costs differ, so this
+    is an approximation), capped at SCRATCH_B_MAX_FACTOR. Milestones and warm-up stretch with it."""
+    if not 0 < density <= 1:
+        raise ValueError(f"density {density!r} is out of range; allowed: 0 < density <= 1")
+    factor = min(1.0 / density, SCRATCH_B_MAX_FACTOR)
+    return replace(
+        training,
+        duration=round(training.duration * factor),
+        milestones=tuple(round(m * factor) for m in training.milestones),
+        warmup=round(training.warmup * factor),
+    )
+
+
+def shuffle_ticket_(model: torch.nn.Module, mask: masks.Mask, kind: str, generator: torch.Generator,
+                    exclude: tuple[str, ...] = ()) -> masks.Mask:
+    """Modify the ticket in `model` (weights theta_0) in place, layer by layer, and return its mask.
+
+    shuffle_weights: the surviving values are permuted among the surviving positions (same mask);
+    shuffle_mask: mask and weights move together under one permutation of each layer's positions.
+    """
+    if kind not in ("shuffle_weights", "shuffle_mask"):
+        raise ValueError(f"unknown ticket shuffle {kind!r}; choose one of: shuffle_weights, shuffle_mask")
+    new_mask = dict(mask)
+    with torch.no_grad():
+        for name, _, module in masks.prunable_layers(model):
+            if name in exclude:
+                continue
+            if kind == "shuffle_weights":
+                module.weight.copy_(prune.shuffle_survivors(module.weight, mask[name], generator))
+            else:
+                weight, new_mask[name] = prune.shuffle_positions(module.weight, mask[name], generator)
+                module.weight.copy_(weight)
+    return new_mask
+
+
+def evaluate_untrained(model: torch.nn.Module, splits: datasets.Splits, mask: masks.Mask) -> TrainResult:
+    """Validation and test rows of the masked network as it is, at step 0 (no training, so no
+    train row and no learning rate: lr is NaN)."""
+    start = time.perf_counter()
+    masks.apply_(model, mask)
+    rows = []
+    for split, x, y in (("val", splits.val_x, splits.val_y), ("test", splits.test_x, splits.test_y)):
+        loss, accuracy = evaluate(model, x, y) if len(x) else (math.nan, math.nan)
+        rows.append({"step": 0, "split": split, "loss": loss, "accuracy": accuracy, "lr": math.nan, "status": "ok"})
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return TrainResult(rows=rows, state=state, seconds=time.perf_counter() - start)
 
 
 def print_summary(result: TrainResult, density: float, stream=sys.stderr) -> None:

@@ -466,6 +466,9 @@ def resolve(doc: Any, source: str = "<experiment>", default_name: str = "experim
             _check_channel_prunable(model, dataset, bad)
     if branches and pruning.rounds == 0:
         bad("branches", f"{list(branches)} need pruned rounds; set pruning.rounds >= 1")
+    if pruning.criterion == "snip" and rewinding.weights != "init":
+        bad("rewinding.weights", f"{rewinding.weights!r}: snip scores theta_0 once (one-shot at init), so every "
+            "round must train from theta_0; use weights: init")
     transfer_from = (doc.get("transfer") or {}).get("from")
     if "transfer" in branches and transfer_from is None:
         bad("branches", "'transfer' needs transfer.from: the experiment whose tickets it trains")

@@ -134,3 +134,84 @@ _LATEX_SPECIAL = {
 
 def _latex(text: str) -> str:
     return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(text))
+
+
+# Mikler's Table 3.1, in its order: branch -> the modification it applies to the ticket. Its last row
+# ("shuffle masks in layer and reinitialize") is the random_mask branch: theta_0's values at
+# positions drawn independently of theta_0 are a fresh draw from the initialisation.
+MODIFICATIONS = {
+    "main": "None (the ticket)",
+    "shuffle_weights": "Shuffle weights within the mask (A)",
+    "reinit": "Re-initialise weights",
+    "shuffle_mask": "Shuffle mask and weights within each layer (B)",
+    "random_mask": "Shuffle mask within each layer, re-initialise",
+}
+MODIFICATION_ACCURACY = {"early_stop": "early_stop_accuracy", "final": "final_accuracy"}
+
+
+def modification_table(frame: pd.DataFrame, round_: int | None = None, which: str = "final") -> pd.DataFrame:
+    """Table 3.1's numbers for one experiment at one pruned round (default: the last): per branch,
+    test accuracy mean and sample std (ddof=1) over the seeds that did not diverge, in %, and the
+    difference of the means to the unmodified ticket (the main branch)."""
+    if which not in MODIFICATION_ACCURACY:
+        raise ValueError(f"unknown accuracy {which!r}; choose one of: {', '.join(MODIFICATION_ACCURACY)}")
+    if frame.empty:
+        raise ValueError("the metrics table has no rows; nothing to tabulate")
+    experiments = sorted(frame.experiment.unique())
+    if len(experiments) != 1:
+        raise ValueError(f"a modification table is of one experiment; got {', '.join(experiments)}")
+    runs = metrics.summarize(frame)
+    pruned_rounds = sorted(int(r) for r in runs.loc[runs.branch == "main", "round"].unique() if r > 0)
+    if not pruned_rounds:
+        raise ValueError(f"{experiments[0]} has no pruned main-branch round to compare against")
+    round_ = pruned_rounds[-1] if round_ is None else round_
+    if round_ not in pruned_rounds:
+        raise ValueError(f"round {round_} is not a pruned round of {experiments[0]}; choose one of: "
+                         f"{', '.join(map(str, pruned_rounds))}")
+    at = runs[runs["round"] == round_]
+    order = [b for b in MODIFICATIONS if b in set(at.branch)] + sorted(set(at.branch) - set(MODIFICATIONS))
+    rows = []
+    for branch in order:
+        group = at[at.branch == branch]
+        ok = group[group.status == "ok"][MODIFICATION_ACCURACY[which]] * 100
+        rows.append({
+            "branch": branch,
+            "modification": MODIFICATIONS.get(branch, branch.replace("_", " ")),
+            "percent": float(group.density.mean() * 100),
+            "mean": float(ok.mean()) if len(ok) else math.nan,
+            "std": float(ok.std(ddof=1)) if len(ok) > 1 else math.nan,
+            "seeds": len(group),
+            "diverged": int((group.status != "ok").sum()),
+        })
+    table = pd.DataFrame(rows)
+    table["difference"] = table["mean"] - float(table.loc[table.branch == "main", "mean"].iloc[0])
+    table.attrs.update(experiment=experiments[0], round=round_, which=which)
+    return table
+
+
+def write_modification_table(
+    frame: pd.DataFrame, out_md: str | Path, out_tex: str | Path, out_html: str | Path | None = None, *,
+    round_: int | None = None, which: str = "final",
+) -> pd.DataFrame:
+    """Write Table 3.1 (Markdown, LaTeX and, when asked, HTML); return its numbers."""
+    table = modification_table(frame, round_, which)
+    header = ["Modification", "Weights remaining (%)", "Test acc. (%)", "Difference", "Seeds", "Diverged"]
+    moment = "at early stop" if which == "early_stop" else "at the end of training"
+    caption = (f"{table.attrs['experiment']}, round {table.attrs['round']}: test accuracy {moment}, mean ± std "
+               "over the seeds that did not diverge, and the difference to the unmodified ticket (in points).")
+    outputs = [(out_md, "table.md.j2", " ± ", _plain), (out_tex, "table.tex.j2", r" $\pm$ ", _latex)]
+    if out_html is not None:
+        outputs.append((out_html, "table.html.j2", " ± ", _plain))
+    for out, template, pm, escape in outputs:
+        rows = [
+            {"cells": [escape(row.modification), f"{row.percent:.3g}", _mean_std(row.mean, row.std, 2, pm),
+                       "–" if math.isnan(row.difference) else f"{row.difference:+.2f}", str(row.seeds),
+                       str(row.diverged)],
+             "group_start": False}
+            for row in table.itertuples(index=False)
+        ]
+        text = template_environment().get_template(template).render(
+            header=[escape(h) for h in header], rows=rows, caption=escape(caption), numeric_from=1
+        )
+        io.write_text(out, text)
+    return table

@@ -11,11 +11,11 @@ from snakemake.utils import validate
 
 from lotto.spec import PruningSpec, RewindingSpec, SpecError, load_experiment
 from lotto import earlybird as _earlybird
-from lotto.rounds import start_point
+from lotto.rounds import LOCAL_BRANCHES, start_point
 
 validate(config, schema="../config/schema/config.schema.yaml")
 
-RESERVED = {"data", "dense", "figures", "tables", "logs", "benchmarks"}
+RESERVED = {"data", "dense", "figures", "tables", "logs", "benchmarks", "studies"}
 FIGURE_KINDS = ["accuracy", "early_stop", "curves"]
 
 
@@ -78,7 +78,7 @@ wildcard_constraints:
     seed=r"\d+",
     round=r"\d+",
     step=r"\d+",
-    branch="reinit|random_mask|oneshot",
+    branch="|".join(LOCAL_BRANCHES),
     kind="|".join(FIGURE_KINDS),
     dataset=r"[A-Za-z0-9_-]+",
 
@@ -89,9 +89,8 @@ wildcard_constraints:
 def recipe_json(experiment):
     """What determines an experiment's rounds: not its seeds, branches or description."""
     spec = EXPERIMENTS[experiment]
-    return json.dumps(
-        replace(spec, seeds=(0,), branches=(), description="").to_dict(), sort_keys=True
-    )
+    recipe = replace(spec, seeds=(0,), branches=(), description="", transfer_from=None)
+    return json.dumps(recipe.to_dict(), sort_keys=True)
 
 
 def dense_json(key):
