@@ -21,7 +21,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, cached_property
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -168,7 +168,7 @@ class ExperimentSpec:
     earlybird: EarlyBirdSpec | None = None
     transfer_from: str | None = None  # the experiment whose tickets the 'transfer' branch trains
 
-    @property
+    @cached_property
     def data_key(self) -> str:
         """Name of the prepared data file: the dataset, or synthetic-<hash of its options>."""
         if self.dataset.synthetic is None:
@@ -176,11 +176,11 @@ class ExperimentSpec:
         text = json.dumps(self.dataset.synthetic, sort_keys=True)
         return f"synthetic-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
 
-    @property
+    @cached_property
     def dense_key(self) -> str:
         return _hash({"dataset": self.dataset, "model": self.model, "training": self.training})
 
-    @property
+    @cached_property
     def recipe_key(self) -> str:
         return _hash(
             {

@@ -1,0 +1,82 @@
+"""lotto.vmap: seeds trained together match separate lotto.train.train runs, and models whose
+seeds cannot share a vectorised pass are refused."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import tiny_spec
+
+from lotto import masks, prune
+from lotto.models import create_model
+from lotto.spec import PruningSpec
+from lotto.train import train
+from lotto.vmap import check_vectorisable, train_seeds
+
+
+def lenet(seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return create_model("lenet_300_100", input_shape=(1, 8, 8), num_classes=10)
+
+
+def pruned_mask(model: torch.nn.Module, seed: int) -> masks.Mask:
+    spec = PruningSpec(rates=(("fc", 0.6), ("output", 0.3)))
+    return prune.random_like(
+        prune.prune(model, masks.ones(model), spec), torch.Generator().manual_seed(seed)
+    )
+
+
+@pytest.mark.parametrize(
+    "training",
+    [
+        {"optimizer": "adam", "lr": 1.2e-3, "weight_decay": 1e-3},
+        {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": True, "l2": 1e-3},
+    ],
+    ids=["adam", "sgd-l2"],
+)
+def test_each_seed_matches_its_separate_run(splits, training):
+    """Same weights (float tolerance), same metric rows, pruned weights exactly zero, for a
+    dense seed and a pruned seed trained together over more than one epoch."""
+    spec = tiny_spec(training={**training, "duration": 40, "eval_every": 15}).training
+    seeds = [3, 8]
+    mask_list = [masks.ones(lenet(3)), pruned_mask(lenet(8), 1)]
+    separate = [
+        train(lenet(s), splits, spec, mask=m, seed=s, steps=40)
+        for s, m in zip(seeds, mask_list, strict=True)
+    ]
+    together = train_seeds(
+        [lenet(s) for s in seeds], splits, spec, masks=mask_list, seeds=seeds, steps=40
+    )
+
+    for alone, joint, mask in zip(separate, together, mask_list, strict=True):
+        assert alone.state.keys() == joint.state.keys()
+        for key in alone.state:
+            torch.testing.assert_close(joint.state[key], alone.state[key], rtol=0, atol=1e-5)
+        for name, keep in mask.items():
+            assert torch.all(joint.state[f"{name}.weight"][~keep] == 0)
+        assert [(r["step"], r["split"], r["lr"]) for r in joint.rows] == [
+            (r["step"], r["split"], r["lr"]) for r in alone.rows
+        ]
+        for a, b in zip(alone.rows, joint.rows, strict=True):
+            assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
+            assert b["accuracy"] == pytest.approx(a["accuracy"], abs=1 / len(splits.test_y))
+    # the seeds really trained differently (a vectorisation that mixed them would not)
+    assert not torch.allclose(together[0].state["1.weight"], together[1].state["1.weight"])
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "refused"),
+    [("resnet20", {}, "BatchNorm"), ("lenet_300_100", {"dropout": 0.5}, "dropout")],
+)
+def test_refuses_models_whose_seeds_cannot_be_vectorised(name, options, refused):
+    model = create_model(name, input_shape=(3, 8, 8), num_classes=10, **options)
+    with pytest.raises(ValueError, match=refused):
+        check_vectorisable(model)
+
+
+def test_needs_one_mask_and_seed_per_model(splits):
+    spec = tiny_spec().training
+    with pytest.raises(ValueError, match="2 models, 1 masks, 2 seeds"):
+        train_seeds(
+            [lenet(0), lenet(1)], splits, spec, masks=[masks.ones(lenet(0))], seeds=[0, 1], steps=1
+        )
