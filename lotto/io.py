@@ -18,6 +18,10 @@ from pathlib import Path
 from typing import Any
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 class CorruptFileError(RuntimeError):
     """A result file is missing its checksum, truncated or altered."""
 
@@ -34,6 +38,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are for the whole group
         os.replace(tmp, final)
     except BaseException as err:
         tmp.unlink(missing_ok=True)

@@ -1,0 +1,207 @@
+"""Reliability (issue "Reliability", item 2): SIGKILL the whole Snakemake run again and again.
+
+One working directory runs the small kill/resume experiment (one seed, round 0, two pruned
+rounds, a control branch per round, figures, tables, report). Each trial restarts the run
+with `--rerun-incomplete` (after clearing the lock a killed run leaves, as `--unlock` does)
+and SIGKILLs its whole process group at the trial's moment: a job starting, training just
+after an in-round checkpoint, between a checkpoint's checksum and its file, in the middle of
+writing outputs, while aggregating. A last run is left to finish. Then:
+
+- the run completed, with nothing left marked incomplete and no resume file left behind;
+- no job Snakemake had logged as finished was started again, and its files kept their mtimes;
+- metrics, checkpoints, masks and tables equal an uninterrupted run's byte for byte.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from workflow_util import (
+    ARTIFACTS,
+    KILL_NAME,
+    Job,
+    Workdir,
+    assert_same_files,
+    finished_jobids,
+    kill_group,
+    kill_reference_run,
+    kill_workdir,
+    lotto_jobs_running,
+    mtimes,
+    parse_jobs,
+)
+
+from lotto.spec import load_experiment
+
+pytestmark = pytest.mark.workflow
+
+DELAY_SEED = 2024  # the random parts of the kill moments; fixed, so a failure replays them
+MIN_KILLS = 10
+
+
+def stage(job: Job) -> int:
+    """How far along the run a job is: data/specs, round 0, round r, its branch, aggregation."""
+    if job.rule in ("prune_round", "control_branch"):
+        return 2 * int(job.wildcards["round"]) + (job.rule == "control_branch")
+    return {
+        "prepare_data": 0, "dense_spec": 0, "experiment_spec": 0, "dense_round": 1,
+        "collect": 6, "render_figure": 7, "render_tables": 7, "html_report": 8, "all": 9,
+    }[job.rule]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class KillPoint:
+    """Kill once a job of `stage` has started (or, with `watch`, once that file of the stage's
+    job is written anew), plus a random wait of up to `max_delay` seconds; a job of a later
+    stage starting also fires it, so a plan never waits for a moment that is already past."""
+
+    moment: str
+    stage: int
+    watch: str | None = None
+    max_delay: float = 0.0
+
+
+PLAN = [
+    KillPoint("preparing data and specs", 0, max_delay=1.0),
+    KillPoint("round 0 starting", 1, max_delay=1.0),
+    KillPoint("round 0 training (after a checkpoint)", 1, "{dense}/resume.pt"),
+    # the next checkpoint's checksum is written, the file not yet replaced
+    KillPoint("round 0 writing a checkpoint", 1, "{dense}/resume.pt.sha256"),
+    KillPoint("round 0 writing outputs", 1, "{dense}/metrics.parquet"),
+    KillPoint("round 1 training", 2, "{chain}/round1/resume.pt", 0.3),
+    KillPoint("round 1 branch training", 3, "{chain}/round1/random_mask/resume.pt", 0.3),
+    KillPoint("round 2 writing outputs", 4, "{chain}/round2/checkpoint.pt"),
+    KillPoint("round 2 branch training", 5, "{chain}/round2/random_mask/resume.pt"),
+    KillPoint("collecting metrics", 6, max_delay=1.5),
+    KillPoint("plotting figures and tables", 7, max_delay=2.0),
+    KillPoint("writing the report", 8, max_delay=1.0),
+]
+
+
+@dataclass
+class Trial:
+    number: int
+    moment: str
+    seconds: float
+    running: str
+    outcome: str
+
+
+def _mtime(path: Path) -> int | None:
+    try:
+        return path.stat().st_mtime_ns
+    except FileNotFoundError:
+        return None
+
+
+def run_trial(
+    work: Workdir, number: int, point: KillPoint | None, delay: float, watch: Path | None
+) -> tuple[Trial, str]:
+    """One restart of the run, killed at `point` (None: left to finish); returns its log."""
+    work.remove_stale_locks()
+    log = work.path / f"trial-{number:02d}.log"
+    watched_before = _mtime(watch) if watch else None
+    start = time.monotonic()
+    proc = work.start(log, "--rerun-incomplete")
+    fire_at, size, jobs = None, -1, []
+    while proc.poll() is None:
+        now = time.monotonic()
+        if point is not None and fire_at is None:
+            if log.stat().st_size != size:
+                size = log.stat().st_size
+                jobs = parse_jobs(log.read_text())
+            started = [stage(job) for job in jobs]
+            if (
+                any(s > point.stage for s in started)
+                or (watch is None and point.stage in started)
+                or (watch is not None and _mtime(watch) != watched_before)
+            ):
+                fire_at = now + delay
+        if fire_at is not None and now >= fire_at:
+            with contextlib.suppress(ProcessLookupError):  # freeze the moment, see what ran
+                os.killpg(proc.pid, signal.SIGSTOP)
+            running = ", ".join(lotto_jobs_running(proc.pid)) or "snakemake only"
+            kill_group(proc)
+            trial = Trial(number, point.moment, now - start, running, "killed")
+            return trial, log.read_text()
+        time.sleep(0.002)  # a checkpoint's write (checksum, then file) takes milliseconds
+    text = log.read_text()
+    assert proc.returncode == 0, f"trial {number} failed (exit {proc.returncode}):\n{text[-6000:]}"
+    return Trial(
+        number,
+        point.moment if point else "(left to finish)",
+        time.monotonic() - start,
+        "-",
+        "completed",
+    ), text
+
+
+def format_table(trials: list[Trial]) -> str:
+    rows = [("trial", "kill at (s)", "moment", "running when killed", "outcome")]
+    rows += [(str(t.number), f"{t.seconds:.2f}", t.moment, t.running, t.outcome) for t in trials]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows
+    )
+
+
+def record_table(trials: list[Trial]) -> str:
+    """Print the trials and keep them as a test artifact (also when a trial failed)."""
+    table = format_table(trials)
+    print("\n" + table)
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "kill_resume.txt").write_text(table + "\n")
+    return table
+
+
+def test_repeated_sigkill_then_rerun_incomplete_finishes_identically(tmp_path, tmp_path_factory):
+    reference, _ = kill_reference_run(tmp_path_factory.mktemp("reference"))
+    work = kill_workdir(tmp_path / "killed")
+    spec = load_experiment(work.path / f"experiments/{KILL_NAME}.yaml")
+    dirs = {"dense": f"results/dense/{spec.dense_key}/seed0", "chain": f"results/{KILL_NAME}/seed0"}
+    rng = random.Random(DELAY_SEED)
+    delays = [rng.uniform(0, point.max_delay) for point in PLAN]
+
+    trials: list[Trial] = []
+    finished: dict[str, int] = {}  # output -> its mtime when Snakemake logged its job finished
+    restarted: list[str] = []
+    try:
+        for number, point in enumerate([*PLAN, None], start=1):
+            watch = work.path / point.watch.format(**dirs) if point and point.watch else None
+            trial, text = run_trial(
+                work, number, point, delays[number - 1] if point else 0.0, watch
+            )
+            trials.append(trial)
+            jobs = parse_jobs(text)
+            restarted += [
+                f"trial {number}: {job.rule} {out}"
+                for job in jobs
+                for out in job.outputs
+                if out in finished
+            ]
+            done = finished_jobids(text)
+            for job in jobs:
+                if job.jobid in done:
+                    finished.update(mtimes(work.path, list(job.outputs)))
+            if trial.outcome == "completed":
+                break
+    finally:
+        table = record_table(trials)
+
+    assert trials[-1].outcome == "completed", table
+    assert sum(t.outcome == "killed" for t in trials) >= MIN_KILLS, table
+    assert not restarted, f"finished jobs started again:\n{restarted}\n{table}"
+    assert mtimes(work.path, list(finished)) == finished, "finished outputs were rewritten"
+    assert not list((work.path / ".snakemake" / "incomplete").iterdir())
+    assert not list(work.results.rglob("resume.pt"))
+    assert_same_files(
+        work.results, reference.results,
+        ("metrics.parquet", "checkpoint.pt", "mask.pt", "rewind.pt", "init.pt", "*.md", "*.tex"),
+    )  # fmt: skip
