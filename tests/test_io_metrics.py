@@ -3,7 +3,11 @@ named with the fix, and the metrics table has one schema and summarises as the p
 
 from __future__ import annotations
 
+import errno
 import math
+import os
+import subprocess
+import sys
 
 import pandas as pd
 import pyarrow as pa
@@ -207,3 +211,26 @@ def test_summary_without_finite_validation_uses_the_last_step():
     rows = run_rows({0: math.nan, 10: math.nan}, {0: 0.1, 10: 0.4})
     summary = metrics.summarize(pd.DataFrame([{**CONSTANTS, **row} for row in rows]))
     assert summary.loc[0, "early_stop_step"] == 10 and summary.loc[0, "early_stop_accuracy"] == 0.4
+
+
+def test_disk_full_gives_a_clear_error_and_no_partial_file(tmp_path):
+    target = tmp_path / "checkpoint.pt"
+    with pytest.raises(OSError, match=r"could not write .*checkpoint\.pt: No space left on device"):
+        with io.atomic_path(target) as tmp:
+            tmp.write_bytes(b"part of a checkpoint")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unwritable_results_directory_is_a_one_line_cli_error(tmp_path):
+    blocker = tmp_path / "results"
+    blocker.write_text("a file where the results directory should be")
+    process = subprocess.run(
+        [sys.executable, "-m", "lotto", "prepare-data", "--dataset", "synthetic",
+         "--out", str(blocker / "data" / "synthetic.pt")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert process.returncode == 2
+    assert "Traceback" not in process.stderr
+    assert process.stderr.startswith("lotto prepare-data: error:") and "results" in process.stderr
+    assert blocker.read_text().startswith("a file where")
