@@ -14,17 +14,26 @@ import sys
 from pathlib import Path
 
 
+def _spec_from_json(text: str, source: str):
+    """A spec written by write-spec; anything else is a one-line SpecError naming `source`."""
+    from lotto.spec import ExperimentSpec, SpecError
+
+    try:
+        return ExperimentSpec.from_dict(json.loads(text))
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+        raise SpecError(f"{source}: not a resolved spec ({err!r}); rerun the workflow to rewrite it") from None
+
+
 def _read_spec(path: str):
-    from lotto.spec import ExperimentSpec, SpecError, load_experiment
+    from lotto.spec import load_experiment
 
     if not path.endswith(".json"):
         return load_experiment(path)
     try:
-        return ExperimentSpec.from_dict(json.loads(Path(path).read_text()))
+        text = Path(path).read_text()
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: spec file not found") from None
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
-        raise SpecError(f"{path}: not a resolved spec ({err!r}); rerun the workflow to rewrite it") from None
+    return _spec_from_json(text, path)
 
 
 def _set_threads(threads: int) -> None:
@@ -42,14 +51,7 @@ def cmd_validate(args: argparse.Namespace) -> None:
 def cmd_write_spec(args: argparse.Namespace) -> None:
     from lotto import io
 
-    spec = _read_spec(args.experiment) if args.experiment else None
-    if spec is None:
-        from lotto.spec import ExperimentSpec, SpecError
-
-        try:
-            spec = ExperimentSpec.from_dict(json.loads(args.json))
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
-            raise SpecError(f"--json is not a resolved spec ({err!r})") from None
+    spec = _read_spec(args.experiment) if args.experiment else _spec_from_json(args.json, "--json")
     io.write_json(args.out, spec.to_dict())
 
 
