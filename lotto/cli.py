@@ -73,8 +73,16 @@ def cmd_round(args: argparse.Namespace) -> None:
         dense_dir=Path(args.dense) if args.dense else None,
         prev_dir=Path(args.prev) if args.prev else None,
         rewind_file=Path(args.rewind_from) if args.rewind_from else None,
+        scores_file=Path(args.scores) if args.scores else None,
     )
     _report(result, Path(args.out))
+
+
+def cmd_learn_mask(args: argparse.Namespace) -> None:
+    from lotto import rounds
+
+    _set_threads(args.threads)
+    rounds.run_learn_mask(_read_spec(args.spec), Path(args.data), args.seed, Path(args.weights), Path(args.out))
 
 
 def cmd_replay(args: argparse.Namespace) -> None:
@@ -240,7 +248,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dense", help="round 0's directory (theta_0); needed for pruned rounds")
     p.add_argument("--prev", help="the previous round's directory")
     p.add_argument("--rewind-from", help="weights file to rewind to (replay or previous rewind.pt)")
+    p.add_argument("--scores", help="criterion optimal_mask: the mask logits written by learn-mask")
     p.add_argument("--out", required=True, help="output directory of this round")
+
+    p = verb("learn-mask", cmd_learn_mask,
+             "criterion optimal_mask: learn mask logits from frozen pretrained weights")
+    training_args(p)
+    p.add_argument("--weights", required=True,
+                   help="the pretrained dense weights (round 0 replayed to mask_training.pretrain)")
+    p.add_argument("--out", required=True, help="output logits file (mask_logits.pt)")
 
     p = verb("replay", cmd_replay, "weights of round 0 after STEP iterations (a rewind point)")
     training_args(p)
@@ -251,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb("branch", cmd_branch, "train one control branch from a round's mask")
     training_args(p)
     p.add_argument("--round", type=int, required=True)
-    p.add_argument("--kind", required=True, help="reinit | random_mask | oneshot")
+    p.add_argument("--kind", required=True, help="a control branch (lotto.rounds.BRANCHES)")
     p.add_argument("--round-dir", required=True, help="the round whose mask the branch uses")
     p.add_argument("--dense", required=True, help="round 0's directory")
     p.add_argument("--out", required=True)

@@ -6,11 +6,12 @@ the criterion, or uniformly at random with the same per-layer counts. Ties are b
 position (stable sort), so the same weights give the same mask.
 
 Criteria: magnitude |w|; random; snip |w * dL/dw| on one batch (Lee et al. 2019; the caller
-computes the scores with `snip_scores`, since they need data); l1_filter, structured: whole
-output units (conv filters, linear neurons) with the smallest L1 norm of their surviving
-weights (Li et al. 2017), expressed as a mask with whole units zeroed. A pruned unit's bias
-and batch-norm shift stay, so the channel emits a constant rather than nothing: the mask
-version of removing the filter.
+computes the scores with `snip_scores`, since they need data); optimal_mask: the mask logits
+learned by lotto.optimal_masks (Mikler's Training Optimal Masks; the caller loads them);
+l1_filter, structured: whole output units (conv filters, linear neurons) with the smallest
+L1 norm of their surviving weights (Li et al. 2017), expressed as a mask with whole units
+zeroed. A pruned unit's bias and batch-norm shift stay, so the channel emits a constant
+rather than nothing: the mask version of removing the filter.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from torch import nn
 from lotto.masks import Mask, prunable_layers
 from lotto.spec import PruningSpec
 
-CRITERIA = ("magnitude", "random", "snip", "l1_filter")
+CRITERIA = ("magnitude", "random", "snip", "l1_filter", "optimal_mask")
 
 
 def _scores(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -66,6 +67,8 @@ def criterion_scores(model: nn.Module, mask: Mask, criterion: str) -> dict[str, 
         return _l1_filter_scores(model, mask)
     if criterion == "snip":
         raise ValueError("snip scores need a batch of data: compute prune.snip_scores(model, x, y) and pass them")
+    if criterion == "optimal_mask":
+        raise ValueError("optimal_mask scores are learned logits: compute them with lotto.optimal_masks and pass them")
     raise ValueError(f"criterion {criterion!r} has no scores; choose one of: magnitude, l1_filter, snip")
 
 

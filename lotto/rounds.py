@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from lotto import data as datasets
-from lotto import io, masks, metrics, prune
+from lotto import io, masks, metrics, optimal_masks, prune
 from lotto.spec import ExperimentSpec, TrainingSpec, build_model
 from lotto.train import TrainResult, evaluate, resolve_device, train
 
@@ -129,8 +129,10 @@ def run_round(
     dense_dir: Path | None = None,
     prev_dir: Path | None = None,
     rewind_file: Path | None = None,
+    scores_file: Path | None = None,
 ) -> TrainResult:
-    """Run round `round_` of one seed's chain and write its files into `out`."""
+    """Run round `round_` of one seed's chain and write its files into `out`. Criterion
+    optimal_mask reads its scores (the learned mask logits) from `scores_file`."""
     device = resolve_device(spec.training.device)
     splits = load_data(spec, data_path, device)
     label = f"{spec.name} seed{seed} round{round_}"
@@ -150,7 +152,7 @@ def run_round(
     model.load_state_dict(_load_state(prev_dir / "checkpoint.pt", device))
     prev_mask = masks.load(prev_dir / "mask.pt", model)
     generator = torch.Generator().manual_seed(derived_seed(seed, "prune", round_))
-    scores = _snip_scores(spec, splits, seed, dense_dir, device) if spec.pruning.criterion == "snip" else None
+    scores = _criterion_scores(spec, splits, seed, dense_dir, scores_file, device)
     mask = prune.prune(model, prev_mask, spec.pruning, generator, scores)
 
     point = start_point(spec, round_)
@@ -178,6 +180,19 @@ def run_round(
     return result
 
 
+def _criterion_scores(spec: ExperimentSpec, splits: datasets.Splits, seed: int, dense_dir: Path,
+                      scores_file: Path | None, device: torch.device) -> dict[str, torch.Tensor] | None:
+    """Scores of the criteria that need more than the weights (None: prune computes them)."""
+    if spec.pruning.criterion == "snip":
+        return _snip_scores(spec, splits, seed, dense_dir, device)
+    if spec.pruning.criterion == "optimal_mask":
+        if scores_file is None:
+            raise ValueError("criterion optimal_mask needs the learned logits: pass --scores "
+                             f"(the {optimal_masks.LOGITS_FILE} written by 'lotto learn-mask')")
+        return optimal_masks.as_scores(_load_state(scores_file, torch.device("cpu")))
+    return None
+
+
 def _snip_scores(spec: ExperimentSpec, splits: datasets.Splits, seed: int, dense_dir: Path,
                  device: torch.device) -> dict[str, torch.Tensor]:
     """SNIP scores of the dense theta_0 on one fixed training batch of the seed. They are the same
@@ -187,6 +202,22 @@ def _snip_scores(spec: ExperimentSpec, splits: datasets.Splits, seed: int, dense
     generator = torch.Generator().manual_seed(derived_seed(seed, "snip"))
     batch = torch.randperm(len(splits.train_x), generator=generator)[: spec.training.batch_size].to(device)
     return prune.snip_scores(model, splits.train_x[batch], splits.train_y[batch])
+
+
+def run_learn_mask(spec: ExperimentSpec, data_path: Path, seed: int, weights_file: Path, out: Path) -> None:
+    """Learn the mask logits of criterion optimal_mask from the pretrained dense weights
+    (`weights_file`: round 0 replayed to mask_training.pretrain, or theta_0 when that is 0)."""
+    settings = spec.pruning.mask_training
+    if settings is None:
+        raise ValueError(f"{spec.name}: learn-mask is for criterion optimal_mask, not {spec.pruning.criterion!r}")
+    device = resolve_device(spec.training.device)
+    splits = load_data(spec, data_path, device)
+    model = _new_model(spec, seed, device)
+    model.load_state_dict(_load_state(weights_file, device))
+    logits = optimal_masks.learn_logits(model, splits, settings, batch_size=spec.training.batch_size,
+                                        seed=seed, exclude=spec.pruning.exclude,
+                                        label=f"{spec.name} seed{seed} mask training")
+    io.save_torch(out, logits)
 
 
 def run_replay(spec: ExperimentSpec, data_path: Path, seed: int, step: int, dense_dir: Path, out: Path) -> None:

@@ -108,6 +108,25 @@ class TrainingSpec:
 
 
 @dataclass(frozen=True)
+class MaskTrainingSpec:
+    """Mikler's Training Optimal Masks (thesis 3.3.1); see lotto.optimal_masks.
+
+    The dense weights after `pretrain` iterations of round 0 are frozen; one logit per prunable
+    weight is trained for `steps` iterations by straight-through gradients of Bernoulli-sampled
+    masks, with an L1/L2 `penalty` on the logits.
+    """
+
+    pretrain: int = 0  # iterations of round 0 (resolved from the fraction of training.duration)
+    steps: int = 0
+    lr: float = 1.0
+    init: float = 3.0
+    penalty: str = "l1"
+    penalty_coef: float = 1.0e-4
+    grad_clip: float = 0.1
+    logit_clip: float = 15.0
+
+
+@dataclass(frozen=True)
 class PruningSpec:
     criterion: str = "magnitude"
     scope: str = "layerwise"
@@ -115,6 +134,7 @@ class PruningSpec:
     rate: float | None = None  # global scope
     rates: tuple[tuple[str, float], ...] = ()  # layerwise scope: (kind, rate)
     exclude: tuple[str, ...] = ()
+    mask_training: MaskTrainingSpec | None = None  # criterion optimal_mask only
 
     def rate_for(self, kind: str) -> float:
         return dict(self.rates).get(kind, 0.0)
@@ -197,6 +217,8 @@ class ExperimentSpec:
         for optional in ("earlybird", "transfer_from"):
             if plain[optional] is None:
                 del plain[optional]  # specs without it stay byte-identical to older ones
+        if plain["pruning"]["mask_training"] is None:
+            del plain["pruning"]["mask_training"]
         return plain
 
     @classmethod
@@ -217,7 +239,7 @@ def _from_plain(cls: type, data: dict[str, Any]) -> Any:
             value = _tuplify(value)
         kwargs[f.name] = value
     for name, sub in (("dataset", DatasetSpec), ("model", ModelSpec), ("training", TrainingSpec),
-                      ("earlybird", EarlyBirdSpec)):
+                      ("earlybird", EarlyBirdSpec), ("mask_training", MaskTrainingSpec)):
         if name in kwargs and isinstance(kwargs[name], dict):
             kwargs[name] = _from_plain(sub, kwargs[name])
     return cls(**kwargs)
@@ -240,8 +262,13 @@ def _hash(parts: dict[str, Any]) -> str:
         return out
 
     plain = {k: non_default(v) for k, v in parts.items()}
-    text = json.dumps(plain, sort_keys=True, default=list)
+    text = json.dumps(plain, sort_keys=True, default=_plain_value)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _plain_value(value: Any) -> Any:
+    """JSON form of what json.dumps cannot write itself: nested sections and tuples."""
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else list(value)
 
 
 # --- validation -------------------------------------------------------------------------
@@ -454,7 +481,7 @@ def resolve(doc: Any, source: str = "<experiment>", default_name: str = "experim
     )
 
     model = _resolve_model(doc["model"], dataset, bad)
-    pruning = _resolve_pruning(doc.get("pruning", {}), model, dataset, bad)
+    pruning = _resolve_pruning(doc.get("pruning", {}), model, dataset, bad, training, step)
     rewinding = _resolve_rewinding(doc.get("rewinding", {}), training, step, bad)
     branches = tuple(doc.get("branches", []))
     earlybird = None
@@ -469,6 +496,9 @@ def resolve(doc: Any, source: str = "<experiment>", default_name: str = "experim
     if pruning.criterion == "snip" and rewinding.weights != "init":
         bad("rewinding.weights", f"{rewinding.weights!r}: snip scores theta_0 once (one-shot at init), so every "
             "round must train from theta_0; use weights: init")
+    if pruning.criterion == "optimal_mask" and rewinding.weights not in ("init", "step"):
+        bad("rewinding.weights", f"{rewinding.weights!r}: optimal_mask learns its mask once (one-shot), so every "
+            "round retrains from a fixed point; use weights: init or step")
     transfer_from = (doc.get("transfer") or {}).get("from")
     if "transfer" in branches and transfer_from is None:
         bad("branches", "'transfer' needs transfer.from: the experiment whose tickets it trains")
@@ -594,7 +624,8 @@ def build_model(model: ModelSpec, dataset: DatasetSpec, device: Any = "cpu") -> 
         )
 
 
-def _resolve_pruning(p: dict[str, Any], model: ModelSpec, dataset: DatasetSpec, bad: Any) -> PruningSpec:
+def _resolve_pruning(p: dict[str, Any], model: ModelSpec, dataset: DatasetSpec, bad: Any,
+                     training: TrainingSpec, step: Any) -> PruningSpec:
     scope = p.get("scope", "layerwise")
     rounds = p.get("rounds", 0)
     target = p.get("target_density")
@@ -648,6 +679,33 @@ def _resolve_pruning(p: dict[str, Any], model: ModelSpec, dataset: DatasetSpec, 
         rate=None if rate is None else float(rate),
         rates=tuple(sorted((k, float(v)) for k, v in rates.items())),
         exclude=exclude,
+        mask_training=_resolve_mask_training(p, training, step, bad),
+    )
+
+
+def _resolve_mask_training(p: dict[str, Any], training: TrainingSpec, step: Any,
+                           bad: Any) -> MaskTrainingSpec | None:
+    """The mask-training settings of criterion optimal_mask (defaults filled in), else None."""
+    m = p.get("mask_training")
+    if p.get("criterion") != "optimal_mask":
+        if m is not None:
+            bad("pruning.mask_training", f"only used with criterion: optimal_mask (criterion is "
+                f"{p.get('criterion', 'magnitude')!r})")
+        return None
+    m = m or {}
+    steps = step("pruning.mask_training.steps", m.get("steps", "1ep"))
+    if steps <= 0:
+        bad("pruning.mask_training.steps", f"{m.get('steps')!r} is empty; allowed: at least 1 iteration")
+    defaults = MaskTrainingSpec()
+    return MaskTrainingSpec(
+        pretrain=round(float(m.get("pretrain", 0.1)) * training.duration),
+        steps=steps,
+        lr=float(m.get("lr", defaults.lr)),
+        init=float(m.get("init", defaults.init)),
+        penalty=m.get("penalty", defaults.penalty),
+        penalty_coef=float(m.get("penalty_coef", defaults.penalty_coef)),
+        grad_clip=float(m.get("grad_clip", defaults.grad_clip)),
+        logit_clip=float(m.get("logit_clip", defaults.logit_clip)),
     )
 
 

@@ -62,7 +62,8 @@ def make_optimizer(model: nn.Module, spec: TrainingSpec) -> torch.optim.Optimize
     )
 
 
-def _epoch_order(seed: int, epoch: int, n: int, device: torch.device) -> torch.Tensor:
+def epoch_order(seed: int, epoch: int, n: int, device: torch.device) -> torch.Tensor:
+    """The shuffled order of the training set in `epoch`: a function of (seed, epoch) only."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(n, generator=g).to(device)
 
@@ -217,7 +218,7 @@ def train(
         global_step = start + step
         epoch, pos = divmod(global_step, per_epoch)
         if epoch != order_epoch:
-            order, order_epoch = _epoch_order(seed, epoch, n_train, device), epoch
+            order, order_epoch = epoch_order(seed, epoch, n_train, device), epoch
         idx = order[pos * spec.batch_size : (pos + 1) * spec.batch_size]
         x, y = data.train_x[idx], data.train_y[idx]
         if data.augment:

@@ -29,7 +29,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from lotto.data import Splits, augment_batch
 from lotto.masks import Mask, prunable_layers
 from lotto.spec import TrainingSpec
-from lotto.train import EVAL_BATCH, TrainResult, _epoch_order, _row
+from lotto.train import EVAL_BATCH, TrainResult, _row, epoch_order
 
 
 class DivergedError(RuntimeError):
@@ -160,7 +160,7 @@ def train_seeds(
     for step in range(steps):
         epoch, pos = divmod(step, per_epoch)
         if epoch != order_epoch:
-            orders = [_epoch_order(seed, epoch, n_train, device) for seed in seeds]
+            orders = [epoch_order(seed, epoch, n_train, device) for seed in seeds]
             order_epoch = epoch
         idx = torch.stack([order[pos * batch : (pos + 1) * batch] for order in orders])
         x, y = data.train_x[idx], data.train_y[idx]  # (S, B, ...)

@@ -11,6 +11,7 @@ from snakemake.utils import validate
 
 from lotto.spec import PruningSpec, RewindingSpec, SpecError, load_experiment
 from lotto import earlybird as _earlybird
+from lotto.optimal_masks import LOGITS_FILE
 from lotto.rounds import LOCAL_BRANCHES, start_point
 
 validate(config, schema="../config/schema/config.schema.yaml")
@@ -154,18 +155,30 @@ def round_inputs(wildcards):
         inputs["rewind"] = f"{dense}/replay/step{point.step}.pt"
     elif point.source == "previous_rewind":
         inputs["rewind"] = f"{prev}/rewind.pt"
+    if spec.pruning.criterion == "optimal_mask":
+        inputs["scores"] = f"results/{wildcards.experiment}/seed{seed}/{LOGITS_FILE}"
     return inputs
+
+
+def pretrained_weights(wildcards):
+    """Round 0's weights after mask_training.pretrain iterations (theta_0 when that is 0)."""
+    spec = EXPERIMENTS[wildcards.experiment]
+    dense = dense_dir(spec, wildcards.seed)
+    step = spec.pruning.mask_training.pretrain
+    return f"{dense}/replay/step{step}.pt" if step else f"{dense}/init.pt"
 
 
 def round_params(wildcards, input):
     spec = EXPERIMENTS[wildcards.experiment]
-    rewind = f"--rewind-from {input.rewind}" if "rewind" in input.keys() else ""
+    options = f"--rewind-from {input.rewind}" if "rewind" in input.keys() else ""
+    if "scores" in input.keys():
+        options += f" --scores {input.scores}"
     return {
         "dense": dense_dir(spec, wildcards.seed),
         "prev": round_dir(
             wildcards.experiment, wildcards.seed, int(wildcards.round) - 1
         ),
-        "rewind": rewind,
+        "options": options,
     }
 
 

@@ -52,6 +52,29 @@ rule replay:
         "--step {wildcards.step} --dense {params.dense} --threads {threads} --out {output} > {log} 2>&1"
 
 
+rule learn_mask:
+    input:
+        spec="results/{experiment}/recipe.json",
+        data=lambda w: data_file(EXPERIMENTS[w.experiment]),
+        weights=pretrained_weights,
+    output:
+        f"results/{{experiment}}/seed{{seed}}/{LOGITS_FILE}",
+    log:
+        "results/logs/{experiment}/seed{seed}/learn_mask.log",
+    benchmark:
+        "results/benchmarks/{experiment}/seed{seed}/learn_mask.tsv"
+    conda:
+        "../envs/lotto.yaml"
+    threads: config.get("threads", 1)
+    resources:
+        mem_mb=config.get("mem_mb", 3000),
+        gpu=gpus,
+    shell:
+        "python -m lotto.gpu_slot -n {resources.gpu} -- "
+        "python -m lotto learn-mask --spec {input.spec} --data {input.data} --seed {wildcards.seed} "
+        "--weights {input.weights} --threads {threads} --out {output} > {log} 2>&1"
+
+
 rule prune_round:
     input:
         unpack(round_inputs),
@@ -77,7 +100,7 @@ rule prune_round:
         "python -m lotto.gpu_slot -n {resources.gpu} -- "
         "python -m lotto round --spec {input.spec} --data {input.data} --seed {wildcards.seed} "
         "--round {wildcards.round} --dense {params.paths[dense]} --prev {params.paths[prev]} "
-        "{params.paths[rewind]} --threads {threads} --out {params.out} > {log} 2>&1"
+        "{params.paths[options]} --threads {threads} --out {params.out} > {log} 2>&1"
 
 
 rule control_branch:

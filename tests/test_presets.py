@@ -20,7 +20,7 @@ import torch
 import yaml
 from conftest import VAL_SIZE, tiny_spec
 
-from lotto import cli, figures, io, masks, metrics, prune, rounds, tables
+from lotto import cli, figures, io, masks, metrics, optimal_masks, prune, rounds, tables
 from lotto.spec import (
     ExperimentSpec,
     PruningSpec,
@@ -124,6 +124,8 @@ def tiny(
         pruning["rates"] = {"conv": 0.25, "fc": 0.0, "output": 0.0}
     if "step" in doc.get("rewinding", {}):
         doc["rewinding"]["step"] = 5
+    if "mask_training" in pruning:
+        pruning["mask_training"]["steps"] = TINY_STEPS
     doc["seeds"] = list(seeds)
     return resolve(doc, source=name, default_name=name)
 
@@ -139,6 +141,7 @@ def run_all(specs: list[ExperimentSpec], data: Path, root: Path) -> dict[str, Pa
             if not (dense / "metrics.parquet").exists():
                 rounds.run_round(spec, data, seed, 0, dense)
             files.append(dense / "metrics.parquet")
+            scores = learned_logits(spec, data, seed, dense, root)
             prev = dense
             for r in range(1, spec.pruning.rounds + 1):
                 out = root / spec.name / f"seed{seed}" / f"round{r}"
@@ -151,7 +154,8 @@ def run_all(specs: list[ExperimentSpec], data: Path, root: Path) -> dict[str, Pa
                 elif point.source == "previous_rewind":
                     rewind = prev / "rewind.pt"
                 rounds.run_round(
-                    spec, data, seed, r, out, dense_dir=dense, prev_dir=prev, rewind_file=rewind
+                    spec, data, seed, r, out, dense_dir=dense, prev_dir=prev, rewind_file=rewind,
+                    scores_file=scores,
                 )
                 files.append(out / "metrics.parquet")
                 for branch in spec.branches:
@@ -183,6 +187,22 @@ def run_all(specs: list[ExperimentSpec], data: Path, root: Path) -> dict[str, Pa
             == 0
         )
     return tables_
+
+
+def learned_logits(spec: ExperimentSpec, data: Path, seed: int, dense: Path, root: Path) -> Path | None:
+    """Criterion optimal_mask: replay round 0 to the pretraining step and learn the mask logits
+    there, as the workflow's replay and learn_mask jobs do (None for other criteria)."""
+    settings = spec.pruning.mask_training
+    if settings is None:
+        return None
+    weights = dense / "init.pt"
+    if settings.pretrain:
+        weights = dense / "replay" / f"step{settings.pretrain}.pt"
+        if not weights.exists():
+            rounds.run_replay(spec, data, seed, settings.pretrain, dense, weights)
+    out = root / spec.name / f"seed{seed}" / optimal_masks.LOGITS_FILE
+    rounds.run_learn_mask(spec, data, seed, weights, out)
+    return out
 
 
 def render(verb: list[str], metrics_files, out: Path) -> Path:
@@ -308,6 +328,17 @@ def test_snip_kind_against_imp(synthetic_data, tmp_path):
         tmp_path,
     )
     render(["figure", "--kind", "accuracy"], found.values(), tmp_path / "studies" / "snip.png")
+
+
+def test_optimal_mask_kind_against_imp(synthetic_data, tmp_path):
+    found = run_all(
+        [tiny("lth_lenet_fashion", rounds_=2), tiny("tom_lenet_fashion", rounds_=2)],
+        synthetic_data,
+        tmp_path,
+    )
+    imp, tom = (pd.read_parquet(found[n]) for n in ("lth_lenet_fashion", "tom_lenet_fashion"))
+    assert sorted(imp.density.unique()) == sorted(tom.density.unique())  # same densities as IMP
+    render(["figure", "--kind", "accuracy"], found.values(), tmp_path / "studies" / "tom.png")
 
 
 def test_bn_kind_runs_with_tf_batch_norm(synthetic_data, tmp_path):
