@@ -12,6 +12,7 @@ evaluation points.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import math
 import sys
 import time
@@ -51,12 +52,41 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def make_optimizer(model: nn.Module, spec: TrainingSpec) -> torch.optim.Optimizer:
+def _eager(base: type[torch.optim.Optimizer]) -> type[torch.optim.Optimizer]:
+    """`base` without the wrappers torch.optim puts on its methods for torch.compile.
+
+    Outside torch.compile those wrappers do nothing but import torch._dynamo on first use,
+    which costs every job 2-3 s before it trains; lotto never compiles. They are
+    functools wrappers, so `inspect.unwrap` reaches the plain methods (private torch detail:
+    should a future torch wrap differently, unwrap returns the method as is and only the
+    speed-up is lost). tests/test_job_cost.py proves the results stay bit-identical to `base`.
+    """
+    plain_step = inspect.unwrap(base.step)
+
+    class Eager(base):
+        add_param_group = inspect.unwrap(torch.optim.Optimizer.add_param_group)
+        zero_grad = inspect.unwrap(torch.optim.Optimizer.zero_grad)
+        state_dict = inspect.unwrap(torch.optim.Optimizer.state_dict)
+        load_state_dict = inspect.unwrap(torch.optim.Optimizer.load_state_dict)
+
+        def step(self, closure=None):
+            # all the unwrapped step decorator does outside torch.compile
+            with torch.set_grad_enabled(self.defaults["differentiable"]):
+                return plain_step(self, closure)
+
+    Eager.__name__ = Eager.__qualname__ = f"Eager{base.__name__}"
+    return Eager
+
+
+_Adam, _SGD = _eager(torch.optim.Adam), _eager(torch.optim.SGD)
+
+
+def make_optimizer(params: Iterable[torch.Tensor], spec: TrainingSpec) -> torch.optim.Optimizer:
     """Adam or SGD with fused kernels (3x faster than the per-tensor loop on CPU for LeNet)."""
-    params = list(model.parameters())
+    params = list(params)
     if spec.optimizer == "adam":
-        return torch.optim.Adam(params, lr=spec.lr, weight_decay=spec.weight_decay, fused=True)
-    return torch.optim.SGD(
+        return _Adam(params, lr=spec.lr, weight_decay=spec.weight_decay, fused=True)
+    return _SGD(
         params, lr=spec.lr, momentum=spec.momentum, nesterov=spec.nesterov,
         weight_decay=spec.weight_decay, fused=True,
     )
@@ -141,7 +171,7 @@ def train(
     mask_f = [keep.to(device=device, dtype=w.dtype) for w, keep in pruned]
     decayed = [m.weight for _, _, m in layers] if spec.l2 else []
     bn_scales = [m.weight for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    optimizer = make_optimizer(model, spec)
+    optimizer = make_optimizer(model.parameters(), spec)
     n_train = len(data.train_x)
     per_epoch = max(1, n_train // spec.batch_size)
     final_lr = spec.lr_at(spec.duration)

@@ -29,7 +29,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from lotto.data import Splits, augment_batch
 from lotto.masks import Mask, prunable_layers
 from lotto.spec import TrainingSpec
-from lotto.train import EVAL_BATCH, TrainResult, _row, epoch_order
+from lotto.train import EVAL_BATCH, TrainResult, _row, epoch_order, make_optimizer
 
 
 class DivergedError(RuntimeError):
@@ -49,20 +49,6 @@ def check_vectorisable(model: nn.Module) -> None:
                 f"layer {name!r} is dropout (p={module.p}), whose randomness would differ from "
                 "separate runs; train such models one seed at a time with lotto.train.train"
             )
-
-
-def _optimizer(params: list[torch.Tensor], spec: TrainingSpec) -> torch.optim.Optimizer:
-    """The optimizer of `lotto.train.make_optimizer`, over stacked parameters."""
-    if spec.optimizer == "adam":
-        return torch.optim.Adam(params, lr=spec.lr, weight_decay=spec.weight_decay, fused=True)
-    return torch.optim.SGD(
-        params,
-        lr=spec.lr,
-        momentum=spec.momentum,
-        nesterov=spec.nesterov,
-        weight_decay=spec.weight_decay,
-        fused=True,
-    )
 
 
 def train_seeds(
@@ -106,7 +92,7 @@ def train_seeds(
     keep = {k: v.to(params[k].dtype) for k, v in keep.items() if not bool(v.all())}
     masked, mask_f = [params[k] for k in keep], list(keep.values())
     decayed = [params[f"{n}.weight"] for n in names] if spec.l2 else []
-    optimizer = _optimizer(list(params.values()), spec)
+    optimizer = make_optimizer(params.values(), spec)
     if masked:
         with torch.no_grad():
             torch._foreach_mul_(masked, mask_f)
