@@ -136,8 +136,16 @@ def _conv3x3(in_channels: int, out_channels: int, stride: int = 1, bias: bool = 
     return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=bias)
 
 
+def _on_meta(model: nn.Module) -> bool:
+    """A shapes-only model (spec validation): initialising its weights would compute nothing
+    but import torch._dynamo (~3 s, at every Snakefile parse)."""
+    return any(p.is_meta for p in model.parameters())
+
+
 def _init_glorot(model: nn.Module) -> None:
     """Glorot normal weights and zero biases (Frankle & Carbin 2019)."""
+    if _on_meta(model):
+        return
     for module in model.modules():
         if isinstance(module, nn.Conv2d | nn.Linear):
             nn.init.xavier_normal_(module.weight)
@@ -147,6 +155,8 @@ def _init_glorot(model: nn.Module) -> None:
 
 def _init_kaiming(model: nn.Module) -> None:
     """Kaiming normal (fan_in, ReLU) weights, zero biases, BatchNorm 1/0 (open_lth, He 2015)."""
+    if _on_meta(model):
+        return
     for module in model.modules():
         if isinstance(module, nn.Conv2d | nn.Linear):
             nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")

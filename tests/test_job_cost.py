@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -18,6 +19,8 @@ from torch.overrides import TorchFunctionMode
 
 from lotto import io, metrics
 from lotto.train import make_optimizer
+
+REPO = Path(__file__).resolve().parents[1]
 
 # Modules a training job has no use for, each costing 0.4-3 s of import on a small CPU.
 NOT_IN_A_JOB = ("torch._dynamo", "torchvision", "matplotlib", "pandas", "jsonschema", "jinja2")
@@ -43,6 +46,20 @@ for optimizer in ("adam", "sgd"):
     opt.load_state_dict(opt.state_dict())
 print(json.dumps(sorted(m for m in watched if m in sys.modules)))
 """
+
+
+def test_validating_every_preset_does_not_load_the_compiler():
+    """Snakemake resolves every experiment at each start, building models on the meta device;
+    initialising meta weights would import torch._dynamo (~3 s per parse) for nothing."""
+    code = (
+        "import sys; from pathlib import Path; from lotto.spec import load_experiment\n"
+        "for path in sorted(Path('config/experiments').glob('*.yaml')): load_experiment(path)\n"
+        "print('torch._dynamo' in sys.modules)"
+    )
+    process = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             timeout=300, cwd=REPO)
+    assert process.returncode == 0, process.stderr
+    assert process.stdout.split() == ["False"]
 
 
 def test_a_round_loads_no_compiler_plotting_or_dataframe_stack(synthetic_data, tmp_path):
