@@ -63,19 +63,41 @@ def cmd_prepare_data(args: argparse.Namespace) -> None:
     print(f"prepared {args.dataset} -> {args.out}", file=sys.stderr)
 
 
+def _seed_paths(args: argparse.Namespace) -> dict[str, list[Path | None]]:
+    """Each seed's --out, --dense, --prev, --rewind-from and --scores: the paths with {seed}
+    replaced by the seed (None where not given). With several seeds every given path must
+    contain {seed}, or two seeds would share it."""
+    paths = {}
+    for flag in ("out", "dense", "prev", "rewind_from", "scores"):
+        template = getattr(args, flag)
+        if template is not None and len(args.seed) > 1 and "{seed}" not in template:
+            raise ValueError(f"--{flag.replace('_', '-')} {template}: with several --seed each path must "
+                             "contain {seed}, e.g. results/x/seed{seed}/round2")
+        paths[flag] = [None if template is None else Path(template.replace("{seed}", str(seed)))
+                       for seed in args.seed]
+    return paths
+
+
 def cmd_round(args: argparse.Namespace) -> None:
     from lotto import rounds
 
     _set_threads(args.threads)
     spec = _read_spec(args.spec)
-    result = rounds.run_round(
-        spec, Path(args.data), args.seed, args.round, Path(args.out),
-        dense_dir=Path(args.dense) if args.dense else None,
-        prev_dir=Path(args.prev) if args.prev else None,
-        rewind_file=Path(args.rewind_from) if args.rewind_from else None,
-        scores_file=Path(args.scores) if args.scores else None,
-    )
-    _report(result, Path(args.out))
+    paths = _seed_paths(args)
+    if len(args.seed) == 1:
+        results = [rounds.run_round(
+            spec, Path(args.data), args.seed[0], args.round, paths["out"][0],
+            dense_dir=paths["dense"][0], prev_dir=paths["prev"][0],
+            rewind_file=paths["rewind_from"][0], scores_file=paths["scores"][0],
+        )]
+    else:
+        results = rounds.run_round_seeds(
+            spec, Path(args.data), args.seed, args.round, paths["out"],
+            dense_dirs=paths["dense"], prev_dirs=paths["prev"],
+            rewind_files=paths["rewind_from"], scores_files=paths["scores"],
+        )
+    for result, out in zip(results, paths["out"], strict=True):
+        _report(result, out)
 
 
 def cmd_learn_mask(args: argparse.Namespace) -> None:
@@ -236,14 +258,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--synthetic", help="JSON options of the synthetic dataset")
     p.add_argument("--out", required=True)
 
-    def training_args(p: argparse.ArgumentParser) -> None:
+    def training_args(p: argparse.ArgumentParser, several_seeds: bool = False) -> None:
         p.add_argument("--spec", required=True, help="resolved spec (.json) or experiment (.yaml)")
         p.add_argument("--data", required=True, help="prepared dataset cache")
-        p.add_argument("--seed", type=int, required=True)
+        if several_seeds:
+            p.add_argument("--seed", type=int, required=True, action="append",
+                           help="repeat to train a pruned round of several seeds together "
+                           "(lotto.vmap); each path then contains {seed}, replaced per seed")
+        else:
+            p.add_argument("--seed", type=int, required=True)
         p.add_argument("--threads", type=int, default=int(os.environ.get("LOTTO_THREADS", "1")))
 
     p = verb("round", cmd_round, "train one pruning round (round 0 = dense) and write its files")
-    training_args(p)
+    training_args(p, several_seeds=True)
     p.add_argument("--round", type=int, required=True)
     p.add_argument("--dense", help="round 0's directory (theta_0); needed for pruned rounds")
     p.add_argument("--prev", help="the previous round's directory")

@@ -14,7 +14,9 @@ mask m_r, takes its start weights from the rewinding recipe, and trains under m_
 Round 0 depends only on data, model and training (spec.dense_key), so experiments that
 differ only in pruning or rewinding share it. Weights at iteration k of round 0 come from
 a replay job (train from theta_0 for k steps), which reproduces round 0's trajectory
-exactly on CPU because the batch order depends only on (seed, step).
+exactly on CPU because the batch order depends only on (seed, step). A pruned round of
+several seeds can also run as one job (run_round_seeds): each seed is prepared as run_round
+prepares it, all train together in lotto.vmap, and each writes the same files.
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ import torch
 
 from lotto import data as datasets
 from lotto import io, masks, metrics, optimal_masks, prune
-from lotto.spec import ExperimentSpec, TrainingSpec, build_model
+from lotto.spec import ExperimentSpec, TrainingSpec, build_model, seed_vectorisation_problems
 from lotto.train import TrainResult, evaluate, resolve_device, train
+from lotto.vmap import DivergedError, train_seeds
 
 BRANCHES = (
     "reinit", "random_mask", "oneshot", "supermask", "supermask_random",
@@ -137,8 +140,8 @@ def run_round(
     splits = load_data(spec, data_path, device)
     label = f"{spec.name} seed{seed} round{round_}"
     out.mkdir(parents=True, exist_ok=True)
-    model = _new_model(spec, seed, device)
     if round_ == 0:
+        model = _new_model(spec, seed, device)
         io.save_torch(out / "init.pt", model.state_dict())
         mask = masks.ones(model)
         result = train(model, splits, spec.training, mask=mask, seed=seed, steps=spec.training.duration,
@@ -147,8 +150,73 @@ def run_round(
         _finish(out)
         return result
 
+    model, mask = _pruned_start(spec, splits, seed, round_, device, dense_dir=dense_dir, prev_dir=prev_dir,
+                                rewind_file=rewind_file, scores_file=scores_file)
+    result = _train_pruned(spec, splits, model, mask, seed, out, label)
+    _write_pruned(out, spec, seed, round_, mask, result)
+    return result
+
+
+def run_round_seeds(
+    spec: ExperimentSpec,
+    data_path: Path,
+    seeds: list[int],
+    round_: int,
+    outs: list[Path],
+    *,
+    dense_dirs: list[Path],
+    prev_dirs: list[Path],
+    rewind_files: list[Path] | None = None,
+    scores_files: list[Path] | None = None,
+) -> list[TrainResult]:
+    """Pruned round `round_` of several seeds' chains trained together (lotto.vmap), each seed's
+    files written into its `outs[i]` as run_round writes them; the per-seed lists pair up with
+    `seeds`. Should a seed diverge, the seeds are trained one by one instead, as run_round does,
+    which records the divergence."""
+    n = len(seeds)
+    if n == 0 or len(set(seeds)) != n:
+        raise ValueError(f"seeds {list(seeds)}: give at least one seed, each once")
+    per_seed = {"outs": outs, "dense_dirs": dense_dirs, "prev_dirs": prev_dirs,
+                "rewind_files": rewind_files or [None] * n, "scores_files": scores_files or [None] * n}
+    for name, paths in per_seed.items():
+        if len(paths) != n:
+            raise ValueError(f"{name}: {len(paths)} paths for {n} seeds {list(seeds)}; give one per seed")
+    if round_ < 1:
+        raise ValueError(f"round {round_}: only pruned rounds (>= 1) train seeds together; "
+                         "run round 0 per seed with run_round")
+    problems = seed_vectorisation_problems(spec.model, spec.dataset, spec.training, spec.rewinding)
+    if problems:
+        raise ValueError(f"{spec.name}: " + "; ".join(f"{key}: {message}" for key, message in problems))
+    device = resolve_device(spec.training.device)
+    splits = load_data(spec, data_path, device)
+    starts = [
+        _pruned_start(spec, splits, seed, round_, device, dense_dir=dense, prev_dir=prev, rewind_file=rewind,
+                      scores_file=scores)
+        for seed, dense, prev, rewind, scores in zip(seeds, dense_dirs, prev_dirs, per_seed["rewind_files"],
+                                                     per_seed["scores_files"], strict=True)
+    ]
+    r = spec.rewinding
+    try:
+        results = train_seeds([model for model, _ in starts], splits, spec.training,
+                              masks=[mask for _, mask in starts], seeds=list(seeds), steps=r.retrain,
+                              start=r.schedule_offset, constant_lr=r.lr == "final")
+    except DivergedError as err:
+        print(f"[{spec.name} round{round_}] {err}; training the seeds one by one", file=sys.stderr, flush=True)
+        results = [_train_pruned(spec, splits, model, mask, seed, out, f"{spec.name} seed{seed} round{round_}")
+                   for seed, (model, mask), out in zip(seeds, starts, outs, strict=True)]
+    for seed, (_, mask), out, result in zip(seeds, starts, outs, results, strict=True):
+        _write_pruned(out, spec, seed, round_, mask, result)
+    return results
+
+
+def _pruned_start(spec: ExperimentSpec, splits: datasets.Splits, seed: int, round_: int, device: torch.device,
+                  *, dense_dir: Path | None, prev_dir: Path | None, rewind_file: Path | None,
+                  scores_file: Path | None) -> tuple[torch.nn.Module, masks.Mask]:
+    """One seed's pruned round before training: the previous round's final weights pruned by the
+    criterion into the round's mask, and the network set to the rewinding recipe's start point."""
     if prev_dir is None or dense_dir is None:
         raise ValueError("a pruned round needs the previous round's directory and the dense round's directory")
+    model = _new_model(spec, seed, device)
     model.load_state_dict(_load_state(prev_dir / "checkpoint.pt", device))
     prev_mask = masks.load(prev_dir / "mask.pt", model)
     generator = torch.Generator().manual_seed(derived_seed(seed, "prune", round_))
@@ -167,17 +235,32 @@ def run_round(
         if not state:
             raise io.CorruptFileError(f"{rewind_file}: holds no weights; was it written by a 'back' recipe?")
         model.load_state_dict(state)
+    return model, mask
 
+
+def _back_step(spec: ExperimentSpec) -> int | None:
+    """The round-local step whose weights the next round rewinds to (weights: back), else None."""
     r = spec.rewinding
-    steps = r.retrain
-    back_at = {steps - round(r.back * steps)} if r.weights == "back" else set()
-    result = train(model, splits, spec.training, mask=mask, seed=seed, steps=steps,
-                   start=r.schedule_offset, constant_lr=r.lr == "final", snapshot_at=back_at,
-                   resume_path=_resume_file(out), label=label)
+    return r.retrain - round(r.back * r.retrain) if r.weights == "back" else None
+
+
+def _train_pruned(spec: ExperimentSpec, splits: datasets.Splits, model: torch.nn.Module, mask: masks.Mask,
+                  seed: int, out: Path, label: str) -> TrainResult:
+    """One seed's pruned round trained alone, as the rewinding recipe says."""
+    r = spec.rewinding
+    back = _back_step(spec)
+    return train(model, splits, spec.training, mask=mask, seed=seed, steps=r.retrain,
+                 start=r.schedule_offset, constant_lr=r.lr == "final",
+                 snapshot_at=() if back is None else {back}, resume_path=_resume_file(out), label=label)
+
+
+def _write_pruned(out: Path, spec: ExperimentSpec, seed: int, round_: int, mask: masks.Mask,
+                  result: TrainResult) -> None:
+    """A pruned round's files, rewind.pt included (the next round's 'back' point, else {})."""
     _write_training(out, spec, seed, round_, "main", mask, result)
-    io.save_torch(out / "rewind.pt", result.snapshots.get(next(iter(back_at)), {}) if back_at else {})
+    back = _back_step(spec)
+    io.save_torch(out / "rewind.pt", {} if back is None else result.snapshots.get(back, {}))
     _finish(out)
-    return result
 
 
 def _criterion_scores(spec: ExperimentSpec, splits: datasets.Splits, seed: int, dense_dir: Path,

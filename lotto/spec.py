@@ -98,6 +98,8 @@ class TrainingSpec:
     divergence_loss: float = 1e4
     checkpoint_every: int = field(default=0, metadata=_no_hash())
     device: str = field(default="auto", metadata=_no_hash())
+    # how the workflow runs a pruned round's seeds (together, lotto.vmap), not what they compute
+    vectorize_seeds: bool = field(default=False, metadata=_no_hash())
 
     def lr_at(self, step: int) -> float:
         """The learning rate at iteration `step`: linear warm-up, then multi-step decay."""
@@ -219,6 +221,8 @@ class ExperimentSpec:
                 del plain[optional]  # specs without it stay byte-identical to older ones
         if plain["pruning"]["mask_training"] is None:
             del plain["pruning"]["mask_training"]
+        if not plain["training"]["vectorize_seeds"]:
+            del plain["training"]["vectorize_seeds"]
         return plain
 
     @classmethod
@@ -230,8 +234,8 @@ class ExperimentSpec:
 def _from_plain(cls: type, data: dict[str, Any]) -> Any:
     kwargs = {}
     for f in dataclasses.fields(cls):
-        if f.name not in data and f.default is None:
-            continue  # an optional section added later (earlybird) and left out
+        if f.name not in data and f.default is not dataclasses.MISSING:
+            continue  # a field added later with a default (earlybird, vectorize_seeds), left out
         value = data[f.name]
         if dataclasses.is_dataclass(f.default):
             value = _from_plain(type(f.default), value)
@@ -478,6 +482,7 @@ def resolve(doc: Any, source: str = "<experiment>", default_name: str = "experim
         divergence_loss=float(t.get("divergence_loss", 1e4)),
         checkpoint_every=step("training.checkpoint_every", t.get("checkpoint_every", 0)),
         device=t.get("device", "auto"),
+        vectorize_seeds=t.get("vectorize_seeds", False),
     )
 
     model = _resolve_model(doc["model"], dataset, bad)
@@ -499,6 +504,9 @@ def resolve(doc: Any, source: str = "<experiment>", default_name: str = "experim
     if pruning.criterion == "optimal_mask" and rewinding.weights not in ("init", "step"):
         bad("rewinding.weights", f"{rewinding.weights!r}: optimal_mask learns its mask once (one-shot), so every "
             "round retrains from a fixed point; use weights: init or step")
+    if training.vectorize_seeds:
+        for key, message in seed_vectorisation_problems(model, dataset, training, rewinding):
+            bad(key, message)
     transfer_from = (doc.get("transfer") or {}).get("from")
     if "transfer" in branches and transfer_from is None:
         bad("branches", "'transfer' needs transfer.from: the experiment whose tickets it trains")
@@ -519,6 +527,34 @@ def resolve(doc: Any, source: str = "<experiment>", default_name: str = "experim
         earlybird=earlybird,
         transfer_from=transfer_from,
     )
+
+
+def seed_vectorisation_problems(model: ModelSpec, dataset: DatasetSpec, training: TrainingSpec,
+                                rewinding: RewindingSpec) -> list[tuple[str, str]]:
+    """Why the seeds of a pruned round cannot train together (lotto.vmap.train_seeds), as
+    (key, message) pairs; empty when they can. Checked for training.vectorize_seeds: true and
+    by lotto.rounds.run_round_seeds."""
+    from lotto.vmap import check_vectorisable
+
+    off = "or set training.vectorize_seeds: false"
+    problems = []
+    try:
+        net = build_model(model, dataset, "meta")
+    except ValueError:
+        net = None  # a model that cannot be built is reported on its own
+    if net is not None:
+        try:
+            check_vectorisable(net)
+        except ValueError as err:
+            problems.append(("model", f"{model.name!r} cannot train its seeds together ({err}); "
+                             f"allowed: a model without BatchNorm or dropout, {off}"))
+    if training.checkpoint_every:
+        problems.append(("training.checkpoint_every", f"{training.checkpoint_every} it: in-round resume "
+                         f"is per seed, not for seeds trained together; allowed: 0, {off}"))
+    if rewinding.weights == "back":
+        problems.append(("rewinding.weights", "'back' rewinds to each seed's weights part-way through the "
+                         f"round, a snapshot seeds trained together do not take; allowed: init, step, final, {off}"))
+    return problems
 
 
 def transfer_problems(target: ExperimentSpec, experiments: dict[str, ExperimentSpec]) -> list[str]:

@@ -10,8 +10,9 @@ optimizer would; the per-seed mean losses are summed, so each seed's gradient is
 The batch order, augmentation, LR schedule, L2, re-zeroing of pruned weights and the
 metric rows are those of `lotto.train.train`, so each seed's result matches a separate run
 of it up to float rounding (batched and single matrix products round differently). Only
-what a plain round needs is supported: models without BatchNorm or dropout (their state or
-randomness would be shared across seeds), training from step 0, no snapshots or resume.
+what a pruned round needs is supported: models without BatchNorm or dropout (their state or
+randomness would be shared across seeds), any start point of the schedule and a constant final
+LR, but no snapshots, resume or per-seed divergence handling.
 """
 
 from __future__ import annotations
@@ -59,10 +60,14 @@ def train_seeds(
     masks: list[Mask],
     seeds: list[int],
     steps: int,
+    start: int = 0,
+    constant_lr: bool = False,
 ) -> list[TrainResult]:
     """Train `models[i]` under `masks[i]` with batch order `seeds[i]`, all in one vectorised loop.
 
-    The models share an architecture and sit on data's device with their start weights. Returns
+    The models share an architecture and sit on data's device with their start weights; they are
+    left unchanged. `start` and `constant_lr` are those of lotto.train.train (where in the schedule
+    and the batch order training begins; the LR held at the schedule's final value). Returns
     one TrainResult per seed (rows, final state, seconds of the whole call); raises
     DivergedError if a seed's training loss becomes non-finite or exceeds
     spec.divergence_loss.
@@ -106,6 +111,10 @@ def train_seeds(
     seen = 0
     orders: list[torch.Tensor] = []
     order_epoch = -1
+    final_lr = spec.lr_at(spec.duration)
+
+    def lr_at(step: int) -> float:
+        return final_lr if constant_lr else spec.lr_at(start + step)
 
     def evaluate(x: torch.Tensor, y: torch.Tensor) -> list[tuple[float, float]]:
         loss = torch.zeros(n_seeds, device=device)
@@ -121,7 +130,7 @@ def train_seeds(
 
     def evaluate_now(at: int) -> None:
         nonlocal loss_sum, correct_sum, seen
-        lr = spec.lr_at(max(at - 1, 0))
+        lr = lr_at(max(at - 1, 0))
         if seen:
             train_loss = (loss_sum / seen).tolist()  # host sync: evaluation point
             train_acc = (correct_sum.double() / seen).tolist()
@@ -144,7 +153,8 @@ def train_seeds(
 
     evaluate_now(0)
     for step in range(steps):
-        epoch, pos = divmod(step, per_epoch)
+        global_step = start + step
+        epoch, pos = divmod(global_step, per_epoch)
         if epoch != order_epoch:
             orders = [epoch_order(seed, epoch, n_train, device) for seed in seeds]
             order_epoch = epoch
@@ -153,11 +163,11 @@ def train_seeds(
         if data.augment:
             augmented = []
             for i, seed in enumerate(seeds):
-                aug_gen.manual_seed(seed * 1_000_003 + step)
+                aug_gen.manual_seed(seed * 1_000_003 + global_step)
                 augmented.append(augment_batch(x[i], aug_gen))
             x = torch.stack(augmented)
         for group in optimizer.param_groups:
-            group["lr"] = spec.lr_at(step)
+            group["lr"] = lr_at(step)
         out = per_seed(params, buffers, x)  # (S, B, classes)
         losses = F.cross_entropy(out.transpose(1, 2), y, reduction="none").mean(1)  # (S,)
         optimizer.zero_grad(set_to_none=True)

@@ -87,15 +87,21 @@ wildcard_constraints:
 # --- resolved specs passed to jobs as JSON (a param, so only real changes rerun) ----------
 
 
+def _as_written(spec):
+    """The spec as its files show it: without vectorize_seeds, which only chooses the jobs
+    (switching it leaves every spec file, and so every job's inputs, as they were)."""
+    return replace(spec, training=replace(spec.training, vectorize_seeds=False))
+
+
 def recipe_json(experiment):
     """What determines an experiment's rounds: not its seeds, branches or description."""
-    spec = EXPERIMENTS[experiment]
+    spec = _as_written(EXPERIMENTS[experiment])
     recipe = replace(spec, seeds=(0,), branches=(), description="", transfer_from=None)
     return json.dumps(recipe.to_dict(), sort_keys=True)
 
 
 def dense_json(key):
-    spec = DENSE[key]
+    spec = _as_written(DENSE[key])
     dense = replace(
         spec,
         name=f"dense-{key}",
@@ -109,7 +115,7 @@ def dense_json(key):
 
 
 def full_json(experiment):
-    return json.dumps(EXPERIMENTS[experiment].to_dict(), sort_keys=True)
+    return json.dumps(_as_written(EXPERIMENTS[experiment]).to_dict(), sort_keys=True)
 
 
 # --- paths --------------------------------------------------------------------------
@@ -138,13 +144,14 @@ def training_files(directory):
     }
 
 
-def round_inputs(wildcards):
-    spec = EXPERIMENTS[wildcards.experiment]
-    r, seed = int(wildcards.round), wildcards.seed
+def _round_inputs(experiment, seed, round_):
+    """A pruned round's inputs; `seed` may be the template '{seed}'."""
+    spec = EXPERIMENTS[experiment]
+    r = int(round_)
     dense = dense_dir(spec, seed)
-    prev = round_dir(wildcards.experiment, seed, r - 1)
+    prev = round_dir(experiment, seed, r - 1)
     inputs = {
-        "spec": f"results/{wildcards.experiment}/recipe.json",
+        "spec": f"results/{experiment}/recipe.json",
         "data": data_file(spec),
         "init": f"{dense}/init.pt",
         "prev_checkpoint": f"{prev}/checkpoint.pt",
@@ -156,8 +163,22 @@ def round_inputs(wildcards):
     elif point.source == "previous_rewind":
         inputs["rewind"] = f"{prev}/rewind.pt"
     if spec.pruning.criterion == "optimal_mask":
-        inputs["scores"] = f"results/{wildcards.experiment}/seed{seed}/{LOGITS_FILE}"
+        inputs["scores"] = f"results/{experiment}/seed{seed}/{LOGITS_FILE}"
     return inputs
+
+
+def round_inputs(wildcards):
+    return _round_inputs(wildcards.experiment, wildcards.seed, wildcards.round)
+
+
+def seeds_round_inputs(wildcards):
+    """The inputs of a round of every seed together: spec and data once, the rest per seed."""
+    seeds = EXPERIMENTS[wildcards.experiment].seeds
+    per_seed = [_round_inputs(wildcards.experiment, s, wildcards.round) for s in seeds]
+    return {
+        key: value if key in ("spec", "data") else [inputs[key] for inputs in per_seed]
+        for key, value in per_seed[0].items()
+    }
 
 
 def pretrained_weights(wildcards):
@@ -168,18 +189,29 @@ def pretrained_weights(wildcards):
     return f"{dense}/replay/step{step}.pt" if step else f"{dense}/init.pt"
 
 
-def round_params(wildcards, input):
-    spec = EXPERIMENTS[wildcards.experiment]
-    options = f"--rewind-from {input.rewind}" if "rewind" in input.keys() else ""
-    if "scores" in input.keys():
-        options += f" --scores {input.scores}"
+def _round_paths(experiment, seed, round_):
+    """Command-line paths of a pruned round; with seed '{seed}' the templates `lotto round`
+    fills in for each --seed."""
+    inputs = _round_inputs(experiment, seed, round_)
+    options = f"--rewind-from {inputs['rewind']}" if "rewind" in inputs else ""
+    if "scores" in inputs:
+        options += f" --scores {inputs['scores']}"
     return {
-        "dense": dense_dir(spec, wildcards.seed),
-        "prev": round_dir(
-            wildcards.experiment, wildcards.seed, int(wildcards.round) - 1
-        ),
+        "dense": dense_dir(EXPERIMENTS[experiment], seed),
+        "prev": round_dir(experiment, seed, int(round_) - 1),
+        "out": round_dir(experiment, seed, round_),
         "options": options,
     }
+
+
+def round_params(wildcards):
+    return _round_paths(wildcards.experiment, wildcards.seed, wildcards.round)
+
+
+def seeds_round_params(wildcards):
+    seeds = EXPERIMENTS[wildcards.experiment].seeds
+    paths = _round_paths(wildcards.experiment, "{seed}", wildcards.round)
+    return {**paths, "seeds": " ".join(f"--seed {s}" for s in seeds)}
 
 
 def gpus(wildcards):
@@ -194,6 +226,25 @@ def gpus(wildcards):
 def imp_experiments():
     """Experiments run as IMP rounds (those with an earlybird section run rules/earlybird.smk)."""
     return [e for e, spec in EXPERIMENTS.items() if spec.earlybird is None]
+
+
+def _names(names):
+    """A wildcard constraint matching exactly these names (nothing when there are none)."""
+    return "|".join(re.escape(n) for n in names) or "(?!)"
+
+
+# Experiments whose pruned rounds train all seeds in one job (training.vectorize_seeds), each
+# with its own rule in rules/train.smk, named here (a rule's outputs cannot depend on a
+# wildcard's value, and they list every seed); prune_round runs the other experiments' rounds.
+SEEDS_TOGETHER = {}
+for _i, _name in enumerate(imp_experiments()):
+    _spec = EXPERIMENTS[_name]
+    if _spec.training.vectorize_seeds and len(_spec.seeds) > 1:
+        _rule = f"prune_round_seeds_{re.sub(r'[^A-Za-z0-9_]', '_', _name)}"
+        SEEDS_TOGETHER[_name] = (
+            f"{_rule}_{_i}" if _rule in SEEDS_TOGETHER.values() else _rule
+        )
+ONE_SEED_PER_JOB = [e for e in imp_experiments() if e not in SEEDS_TOGETHER]
 
 
 # Early-Bird experiments (rules/earlybird.smk)
@@ -262,10 +313,14 @@ def experiment_metrics(experiment):
 def experiment_benchmarks(experiment):
     spec = EXPERIMENTS[experiment]
     files = []
+    if experiment in SEEDS_TOGETHER:
+        rounds = range(1, spec.pruning.rounds + 1)
+        files += [f"results/benchmarks/{experiment}/round{r}-seeds.tsv" for r in rounds]
     for seed in spec.seeds:
         files.append(f"results/benchmarks/dense/{spec.dense_key}/seed{seed}.tsv")
         for r in range(1, spec.pruning.rounds + 1):
-            files.append(f"results/benchmarks/{experiment}/seed{seed}/round{r}.tsv")
+            if experiment not in SEEDS_TOGETHER:
+                files.append(f"results/benchmarks/{experiment}/seed{seed}/round{r}.tsv")
             for branch in spec.branches:
                 files.append(
                     f"results/benchmarks/{experiment}/seed{seed}/round{r}-{branch}.tsv"

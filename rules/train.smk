@@ -87,6 +87,8 @@ rule prune_round:
         "results/logs/{experiment}/seed{seed}/round{round}.log",
     benchmark:
         "results/benchmarks/{experiment}/seed{seed}/round{round}.tsv"
+    wildcard_constraints:
+        experiment=_names(ONE_SEED_PER_JOB),
     conda:
         "../envs/lotto.yaml"
     threads: config.get("threads", 1)
@@ -95,12 +97,59 @@ rule prune_round:
         gpu=gpus,
     params:
         paths=round_params,
-        out=lambda w, output: os.path.dirname(output.checkpoint),
     shell:
         "python -m lotto.gpu_slot -n {resources.gpu} -- "
         "python -m lotto round --spec {input.spec} --data {input.data} --seed {wildcards.seed} "
         "--round {wildcards.round} --dense {params.paths[dense]} --prev {params.paths[prev]} "
-        "{params.paths[options]} --threads {threads} --out {params.out} > {log} 2>&1"
+        "{params.paths[options]} --threads {threads} --out {params.paths[out]} > {log} 2>&1"
+
+
+# The same rounds for experiments with training.vectorize_seeds: one job per round trains every
+# seed together and writes each seed's files where prune_round would; paths hold '{seed}',
+# which `lotto round` fills in for each --seed.
+for _experiment, _rule_name in SEEDS_TOGETHER.items():
+
+    rule:
+        name:
+            _rule_name
+        input:
+            unpack(seeds_round_inputs),
+        output:
+            checkpoint=expand(
+                "results/{{experiment}}/seed{seed}/round{{round}}/checkpoint.pt",
+                seed=EXPERIMENTS[_experiment].seeds,
+            ),
+            mask=expand(
+                "results/{{experiment}}/seed{seed}/round{{round}}/mask.pt",
+                seed=EXPERIMENTS[_experiment].seeds,
+            ),
+            metrics=expand(
+                "results/{{experiment}}/seed{seed}/round{{round}}/metrics.parquet",
+                seed=EXPERIMENTS[_experiment].seeds,
+            ),
+            rewind=expand(
+                "results/{{experiment}}/seed{seed}/round{{round}}/rewind.pt",
+                seed=EXPERIMENTS[_experiment].seeds,
+            ),
+        log:
+            "results/logs/{experiment}/round{round}-seeds.log",
+        benchmark:
+            "results/benchmarks/{experiment}/round{round}-seeds.tsv"
+        wildcard_constraints:
+            experiment=_names([_experiment]),
+        conda:
+            "../envs/lotto.yaml"
+        threads: config.get("threads", 1)
+        resources:
+            mem_mb=config.get("mem_mb", 3000),
+            gpu=gpus,
+        params:
+            paths=seeds_round_params,
+        shell:
+            "python -m lotto.gpu_slot -n {resources.gpu} -- "
+            "python -m lotto round --spec {input.spec} --data {input.data} {params.paths[seeds]} "
+            "--round {wildcards.round} --dense {params.paths[dense]:q} --prev {params.paths[prev]:q} "
+            "{params.paths[options]} --threads {threads} --out {params.paths[out]:q} > {log} 2>&1"
 
 
 rule control_branch:
