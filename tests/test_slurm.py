@@ -7,6 +7,8 @@ needed); the module fixture stops them by their pid files afterwards. One tiny e
 CPU as the reference. While the SLURM run trains, seed 0's round 0 is pre-empted
 (`scontrol requeue`: SLURM restarts the same job) and seed 1's is cancelled (Snakemake
 retries it as a new job, as after a time limit); both resume from their in-round checkpoint.
+Snakemake runs through tests/slurm/snakemake_fast_poll.py, which only caps the plugin's
+growing wait between status checks (jobs here take seconds, not hours).
 
 What is checked, from the jobs' own view: a `python` shim first on PATH records each call's
 SLURM job id, step and GPUs (SLURM sets CUDA_VISIBLE_DEVICES per job and step, and
@@ -141,7 +143,7 @@ def _training_dirs(work: Workdir) -> list[str]:
 def _slurm_command(work: Workdir, targets: list[str]) -> list[str]:
     # The workdir's config sets use_gpu: false; the profile's `config: use_gpu: true` wins.
     return [
-        sys.executable, "-m", "snakemake", *targets,
+        sys.executable, str(HARNESS / "snakemake_fast_poll.py"), *targets,
         "-s", str(SNAKEFILE),
         "--directory", str(work.path),
         "--configfile", str(work.path / "config.yaml"),

@@ -2,8 +2,10 @@
 
 Covers the issue "The Snakemake workflow": the job list of a dry run, a full run and its
 outputs, caching (re-plotting without training, only affected jobs re-run), round 0 shared
-between experiments, Snakemake's lock against a second invocation, resuming after SIGKILL,
-`--lint`, and the HTML report in headless Chromium.
+between experiments, Snakemake's lock against a second invocation, `--lint`, and the HTML
+report in headless Chromium. Resuming after SIGKILL (`--unlock`, then `--rerun-incomplete`
+continues a round from its in-round checkpoint to the uninterrupted run's bytes) is
+test_kill_resume.py, which kills the same experiment at that moment among others.
 """
 
 from __future__ import annotations
@@ -27,15 +29,10 @@ from workflow_util import (
     KILL_NAME,
     TINY_EXPERIMENT,
     Workdir,
-    assert_same_files,
     experiment,
-    finished_jobids,
     job_stats,
-    kill_group,
     kill_reference_run,
-    kill_workdir,
     mtimes,
-    parse_jobs,
     rule_counts,
 )
 
@@ -265,39 +262,7 @@ def test_changing_one_learning_rate_reruns_only_that_experiment(two_experiments)
     assert all(changed[p] != a_before[p] for p in a_rounds)
 
 
-# --- 5. SIGKILL during a round, then --rerun-incomplete -----------------------------------------
-
-
-def test_sigkill_during_training_resumes_to_identical_results(reference, tmp_path):
-    """Kill the run while round 1 trains (after an in-round checkpoint); after `--unlock`
-    (a killed run leaves its lock behind) `--rerun-incomplete` resumes round 1 mid-way and
-    the results equal an uninterrupted run's byte for byte."""
-    ref, _ = reference
-    work = kill_workdir(tmp_path)
-    target = f"results/{KILL_NAME}/metrics.parquet"
-    round1 = work.results / KILL_NAME / "seed0" / "round1"
-    run = work.start(tmp_path / "killed.log", target)
-    while run.poll() is None and not (round1 / "resume.pt").exists():
-        time.sleep(0.01)
-    kill_group(run)
-    killed_log = (tmp_path / "killed.log").read_text()
-    assert run.returncode < 0, f"the run ended before round 1 checkpointed:\n{killed_log[-4000:]}"
-    assert not (round1 / "metrics.parquet").exists()
-
-    work.snakemake("--unlock").check()
-    resumed = work.snakemake("--rerun-incomplete", target).check()
-
-    done_before = {
-        job.rule for job in parse_jobs(killed_log) if job.jobid in finished_jobids(killed_log)
-    }
-    assert "dense_round" in done_before
-    assert "dense_round" not in {job.rule for job in resumed.jobs}
-    round1_log = (work.results / "logs" / KILL_NAME / "seed0" / "round1.log").read_text()
-    assert "resumed at step" in round1_log, round1_log
-    assert_same_files(work.results, ref.results, ("metrics.parquet", "checkpoint.pt", "mask.pt"))
-
-
-# --- 6. lint -----------------------------------------------------------------------------------
+# --- 5. lint -----------------------------------------------------------------------------------
 
 
 def test_lint_reports_nothing(tmp_path):
@@ -310,7 +275,7 @@ def test_lint_reports_nothing(tmp_path):
     assert "Congratulations, your workflow is in a good condition!" in result.output
 
 
-# --- 7. the report in headless Chromium --------------------------------------------------------
+# --- 6. the report in headless Chromium --------------------------------------------------------
 
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -10,9 +10,10 @@
 # Knobs (environment): LOTTO_SLURM_BASE (state, logs, pid files; default
 # ${TMPDIR:-/tmp}/lotto-slurm), SLURM_CPUS (8; may exceed the real cores),
 # SLURM_MEM_MB (16000), SLURM_GPUS (fake GPUs, 4), SLURM_MINJOBAGE (300),
-# SLURM_CRED_EXPIRE (10: seconds a requeued job waits before it starts again; SLURM's
-# default, 120, would make a pre-emption test wait two minutes). The scheduler runs every 2 s
-# (SLURM: 60 s, backfill 30 s), so a requeued job starts as soon as it may.
+# SLURM_CRED_EXPIRE (5: seconds a requeued job waits before it starts again; SLURM's
+# default, 120, would make a pre-emption test wait two minutes), SLURM_KILLWAIT (2: seconds
+# between SIGTERM and SIGKILL when a job is cancelled or requeued; SLURM: 30). The scheduler
+# runs every 2 s (SLURM: 60 s, backfill 30 s), so a requeued job starts as soon as it may.
 #
 # What getting Snakemake jobs through this cluster taught (each found by a failure):
 # - Fake GPUs must be device files (mknod clones of /dev/null): slurmd refuses other gres
@@ -22,6 +23,9 @@
 # - No accounting here: Snakemake needs `slurm-status-command: squeue` (profiles/slurm), or it
 #   waits forever on sacct; `slurm-no-account: true` silences its account guess.
 # - Jobs inherit the submitting shell's environment: put the venv first on PATH.
+# - Processes are tracked by process group (proctrack/pgid), not by parent pid: a cancelled
+#   group job's outer `snakemake` did not exit on SIGTERM, and once its batch shell was gone
+#   linuxproc had lost it, so it outlived the job (and the cluster) as an orphan.
 set -euo pipefail
 
 BASE=${LOTTO_SLURM_BASE:-${TMPDIR:-/tmp}/lotto-slurm}
@@ -29,7 +33,8 @@ CPUS=${SLURM_CPUS:-8}
 MEM=${SLURM_MEM_MB:-16000}
 NGPU=${SLURM_GPUS:-4}
 MINJOBAGE=${SLURM_MINJOBAGE:-300}
-CRED_EXPIRE=${SLURM_CRED_EXPIRE:-10}
+CRED_EXPIRE=${SLURM_CRED_EXPIRE:-5}
+KILLWAIT=${SLURM_KILLWAIT:-2}
 HOST=$(hostname -s)
 HERE=$(cd "$(dirname "$0")" && pwd)
 t0=${EPOCHREALTIME/./}
@@ -104,7 +109,7 @@ AuthInfo=cred_expire=$CRED_EXPIRE
 CredType=cred/munge
 MpiDefault=none
 SwitchType=switch/none
-ProctrackType=proctrack/linuxproc
+ProctrackType=proctrack/pgid
 TaskPlugin=task/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
@@ -114,6 +119,7 @@ SchedulerParameters=sched_interval=2,bf_interval=2
 SlurmdParameters=config_overrides
 ReturnToService=2
 MinJobAge=$MINJOBAGE
+KillWait=$KILLWAIT
 StateSaveLocation=$BASE/state
 SlurmdSpoolDir=$BASE/spool
 SlurmctldPidFile=$BASE/run/slurmctld.pid
