@@ -19,11 +19,15 @@ include: "rules/earlybird.smk"
 include: "rules/presets.smk"
 
 
+# Targets and the JSON spec writers run in the Snakemake process itself: on a cluster a job
+# just to write a small file costs a scheduling round trip.
 localrules:
     all,
     figures,
     tables,
     report,
+    experiment_spec,
+    dense_spec,
 
 
 rule all:
