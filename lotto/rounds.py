@@ -423,7 +423,8 @@ def evaluate_untrained(model: torch.nn.Module, splits: datasets.Splits, mask: ma
     return TrainResult(rows=rows, state=state, seconds=time.perf_counter() - start)
 
 
-def print_summary(result: TrainResult, density: float, stream=sys.stderr) -> None:
+def print_summary(result: TrainResult, density: float, stream=None) -> None:
+    """One line per training for its log; `stream` defaults to the current sys.stderr."""
     test = [r for r in result.rows if r["split"] == "test"]
     print(f"density {density:.4f}  final test acc {test[-1]['accuracy']:.4f}  status {result.status}  "
-          f"{result.seconds:.1f} s", file=stream, flush=True)
+          f"{result.seconds:.1f} s", file=stream or sys.stderr, flush=True)

@@ -73,8 +73,3 @@ def transfer_dirs(wildcards):
         "round_dir": round_dir(source.name, wildcards.seed, wildcards.round),
         "dense": dense_dir(source, wildcards.seed),
     }
-
-
-def _names(names):
-    """A wildcard constraint matching exactly these names (nothing when there are none)."""
-    return "|".join(re.escape(n) for n in names) or "(?!)"

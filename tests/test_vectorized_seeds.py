@@ -249,6 +249,7 @@ def test_round_verb_with_several_seeds_fills_in_each_seeds_paths(synthetic_data,
         rows = pq.read_table(tmp_path / "x" / f"seed{seed}" / "round1" / "metrics.parquet")
         assert set(rows.column("seed").to_pylist()) == {seed}
     assert not (tmp_path / "x" / "seed1").exists()
+    assert capsys.readouterr().err.count("final test acc") == 2  # one summary line per seed
 
     assert cli.main([*args, "--seed", "0", "--seed", "2", "--out", str(tmp_path / "same")]) == 2
     err = capsys.readouterr().err
