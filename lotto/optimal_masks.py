@@ -28,10 +28,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from lotto.data import Splits, augment_batch
+from lotto.data import Splits
 from lotto.masks import prunable_layers
 from lotto.spec import MaskTrainingSpec
-from lotto.train import epoch_order
+from lotto.train import BatchSchedule
 
 LOGITS_FILE = "mask_logits.pt"
 LOG_EVERY = 500  # iterations between progress lines
@@ -61,22 +61,12 @@ def learn_logits(
     weights = {name: frozen[f"{name}.weight"] for name in layers}
     logits = {name: torch.full_like(w, settings.init) for name, w in weights.items()}
     sampler = torch.Generator(device=device).manual_seed(seed * 7919 + 104729)
-    augment_gen = torch.Generator(device=device)
-    n_train = len(data.train_x)
-    per_epoch = max(1, n_train // batch_size)
+    batches = BatchSchedule(data, batch_size, seed)
     loss_sum, losses = torch.zeros((), device=device), 0
-    order, order_epoch = None, -1
     was_training = model.training
     model.train()  # as in training: batch statistics, dropout
     for step in range(settings.steps):
-        epoch, pos = divmod(step, per_epoch)
-        if epoch != order_epoch:
-            order, order_epoch = epoch_order(seed, epoch, n_train, device), epoch
-        idx = order[pos * batch_size : (pos + 1) * batch_size]
-        x, y = data.train_x[idx], data.train_y[idx]
-        if data.augment:
-            augment_gen.manual_seed(seed * 1_000_003 + step)
-            x = augment_batch(x, augment_gen)
+        x, y = batches.batch(step)
         samples = {n: torch.bernoulli(torch.sigmoid(b), generator=sampler).requires_grad_() for n, b in logits.items()}
         masked = {f"{n}.weight": weights[n] * samples[n] for n in layers}
         loss = F.cross_entropy(functional_call(model, {**frozen, **masked}, (x,)), y)

@@ -92,10 +92,41 @@ def make_optimizer(params: Iterable[torch.Tensor], spec: TrainingSpec) -> torch.
     )
 
 
-def epoch_order(seed: int, epoch: int, n: int, device: torch.device) -> torch.Tensor:
-    """The shuffled order of the training set in `epoch`: a function of (seed, epoch) only."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=g).to(device)
+class BatchSchedule:
+    """Which training examples, and which augmentation, `seed` sees at each global step.
+
+    A function of (seed, step) only, so a replay, a resumed round, a vectorised run of several
+    seeds (lotto.vmap) and mask training (lotto.optimal_masks) all see the batches of train().
+    """
+
+    def __init__(self, data: Splits, batch_size: int, seed: int):
+        self.data, self.batch_size, self.seed = data, batch_size, seed
+        self.per_epoch = max(1, len(data.train_x) // batch_size)
+        self._order: torch.Tensor | None = None
+        self._order_epoch = -1
+        self._augment_gen = torch.Generator(device=data.train_x.device)
+
+    def indices(self, step: int) -> torch.Tensor:
+        """Positions in the training set of the batch at global step `step`."""
+        epoch, pos = divmod(step, self.per_epoch)
+        if epoch != self._order_epoch:
+            shuffle = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            n = len(self.data.train_x)
+            self._order = torch.randperm(n, generator=shuffle).to(self.data.train_x.device)
+            self._order_epoch = epoch
+        return self._order[pos * self.batch_size : (pos + 1) * self.batch_size]
+
+    def augment(self, x: torch.Tensor, step: int) -> torch.Tensor:
+        """`x` (the batch at `step`) augmented as the dataset says (unchanged when it says not)."""
+        if not self.data.augment:
+            return x
+        self._augment_gen.manual_seed(self.seed * 1_000_003 + step)
+        return augment_batch(x, self._augment_gen)
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs (augmented) and labels of the batch at global step `step`."""
+        idx = self.indices(step)
+        return self.augment(self.data.train_x[idx], step), self.data.train_y[idx]
 
 
 @torch.no_grad()
@@ -172,11 +203,9 @@ def train(
     decayed = [m.weight for _, _, m in layers] if spec.l2 else []
     bn_scales = [m.weight for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     optimizer = make_optimizer(model.parameters(), spec)
-    n_train = len(data.train_x)
-    per_epoch = max(1, n_train // spec.batch_size)
+    batches = BatchSchedule(data, spec.batch_size, seed)
     final_lr = spec.lr_at(spec.duration)
     snapshot_at = set(snapshot_at)
-    aug_gen = torch.Generator(device=device)
 
     if masked:
         with torch.no_grad():
@@ -209,7 +238,6 @@ def train(
 
     progress = Progress(label, steps)
     t0 = time.perf_counter()
-    order, order_epoch = None, -1
 
     def evaluate_now(at: int) -> bool:
         """Record train/val/test rows at step `at`; False if training diverged."""
@@ -246,14 +274,7 @@ def train(
         evaluate_now(0)
     while step < steps:
         global_step = start + step
-        epoch, pos = divmod(global_step, per_epoch)
-        if epoch != order_epoch:
-            order, order_epoch = epoch_order(seed, epoch, n_train, device), epoch
-        idx = order[pos * spec.batch_size : (pos + 1) * spec.batch_size]
-        x, y = data.train_x[idx], data.train_y[idx]
-        if data.augment:
-            aug_gen.manual_seed(seed * 1_000_003 + global_step)
-            x = augment_batch(x, aug_gen)
+        x, y = batches.batch(global_step)
         for group in optimizer.param_groups:
             group["lr"] = final_lr if constant_lr else spec.lr_at(global_step)
         out = model(x)

@@ -27,10 +27,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from lotto.data import Splits, augment_batch
+from lotto.data import Splits
 from lotto.masks import Mask, prunable_layers
 from lotto.spec import TrainingSpec
-from lotto.train import EVAL_BATCH, TrainResult, _row, epoch_order, make_optimizer
+from lotto.train import EVAL_BATCH, BatchSchedule, TrainResult, _row, make_optimizer
 
 
 class DivergedError(RuntimeError):
@@ -102,15 +102,11 @@ def train_seeds(
         with torch.no_grad():
             torch._foreach_mul_(masked, mask_f)
 
-    n_train = len(data.train_x)
-    per_epoch = max(1, n_train // batch)
-    aug_gen = torch.Generator(device=device)
+    schedules = [BatchSchedule(data, batch, seed) for seed in seeds]
     rows: list[list[dict[str, Any]]] = [[] for _ in seeds]
     loss_sum = torch.zeros(n_seeds, device=device)
     correct_sum = torch.zeros(n_seeds, device=device, dtype=torch.long)
     seen = 0
-    orders: list[torch.Tensor] = []
-    order_epoch = -1
     final_lr = spec.lr_at(spec.duration)
 
     def lr_at(step: int) -> float:
@@ -154,18 +150,10 @@ def train_seeds(
     evaluate_now(0)
     for step in range(steps):
         global_step = start + step
-        epoch, pos = divmod(global_step, per_epoch)
-        if epoch != order_epoch:
-            orders = [epoch_order(seed, epoch, n_train, device) for seed in seeds]
-            order_epoch = epoch
-        idx = torch.stack([order[pos * batch : (pos + 1) * batch] for order in orders])
-        x, y = data.train_x[idx], data.train_y[idx]  # (S, B, ...)
+        idx = torch.stack([s.indices(global_step) for s in schedules])
+        x, y = data.train_x[idx], data.train_y[idx]  # (S, B, ...): one gather for all seeds
         if data.augment:
-            augmented = []
-            for i, seed in enumerate(seeds):
-                aug_gen.manual_seed(seed * 1_000_003 + global_step)
-                augmented.append(augment_batch(x[i], aug_gen))
-            x = torch.stack(augmented)
+            x = torch.stack([s.augment(x[i], global_step) for i, s in enumerate(schedules)])
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step)
         out = per_seed(params, buffers, x)  # (S, B, classes)
