@@ -136,6 +136,11 @@ def round_dir(experiment, seed, round_):
     return f"results/{experiment}/seed{seed}/round{round_}"
 
 
+def replay_file(dense, step):
+    """Round 0's weights after `step` iterations (rule replay)."""
+    return f"{dense}/replay/step{step}.pt"
+
+
 def training_files(directory):
     return {
         "checkpoint": f"{directory}/checkpoint.pt",
@@ -159,7 +164,7 @@ def _round_inputs(experiment, seed, round_):
     }
     point = start_point(spec, r)
     if point.source == "replay":
-        inputs["rewind"] = f"{dense}/replay/step{point.step}.pt"
+        inputs["rewind"] = replay_file(dense, point.step)
     elif point.source == "previous_rewind":
         inputs["rewind"] = f"{prev}/rewind.pt"
     if spec.pruning.criterion == "optimal_mask":
@@ -186,7 +191,7 @@ def pretrained_weights(wildcards):
     spec = EXPERIMENTS[wildcards.experiment]
     dense = dense_dir(spec, wildcards.seed)
     step = spec.pruning.mask_training.pretrain
-    return f"{dense}/replay/step{step}.pt" if step else f"{dense}/init.pt"
+    return replay_file(dense, step) if step else f"{dense}/init.pt"
 
 
 def _round_paths(experiment, seed, round_):

@@ -148,9 +148,7 @@ def run_all(specs: list[ExperimentSpec], data: Path, root: Path) -> dict[str, Pa
                 point = rounds.start_point(spec, r)
                 rewind = None
                 if point.source == "replay":
-                    rewind = dense / "replay" / f"step{point.step}.pt"
-                    if not rewind.exists():
-                        rounds.run_replay(spec, data, seed, point.step, dense, rewind)
+                    rewind = replayed(spec, data, seed, point.step, dense)
                 elif point.source == "previous_rewind":
                     rewind = prev / "rewind.pt"
                 rounds.run_round(
@@ -189,6 +187,14 @@ def run_all(specs: list[ExperimentSpec], data: Path, root: Path) -> dict[str, Pa
     return tables_
 
 
+def replayed(spec: ExperimentSpec, data: Path, seed: int, step: int, dense: Path) -> Path:
+    """Round 0's weights at `step`, replayed once per dense round as the workflow's replay job."""
+    path = dense / "replay" / f"step{step}.pt"
+    if not path.exists():
+        rounds.run_replay(spec, data, seed, step, dense, path)
+    return path
+
+
 def learned_logits(spec: ExperimentSpec, data: Path, seed: int, dense: Path, root: Path) -> Path | None:
     """Criterion optimal_mask: replay round 0 to the pretraining step and learn the mask logits
     there, as the workflow's replay and learn_mask jobs do (None for other criteria)."""
@@ -197,9 +203,7 @@ def learned_logits(spec: ExperimentSpec, data: Path, seed: int, dense: Path, roo
         return None
     weights = dense / "init.pt"
     if settings.pretrain:
-        weights = dense / "replay" / f"step{settings.pretrain}.pt"
-        if not weights.exists():
-            rounds.run_replay(spec, data, seed, settings.pretrain, dense, weights)
+        weights = replayed(spec, data, seed, settings.pretrain, dense)
     out = root / spec.name / f"seed{seed}" / optimal_masks.LOGITS_FILE
     rounds.run_learn_mask(spec, data, seed, weights, out)
     return out
