@@ -28,7 +28,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from workflow_util import REPO, SNAKEFILE, Result, Workdir, job_env, job_stats, kill_group
+from workflow_util import (
+    REPO,
+    SNAKEFILE,
+    TINY_EXPERIMENT,
+    Result,
+    Workdir,
+    experiment,
+    job_env,
+    job_stats,
+    kill_group,
+)
 
 from lotto.spec import load_experiment
 
@@ -41,21 +51,12 @@ RUN_TIMEOUT_S = 1200
 
 # Rounds long enough (1200 steps) to be interrupted after their first in-round checkpoint
 # (step 300) and before they end.
-EXPERIMENT: dict[str, Any] = {
-    "dataset": {"name": "synthetic", "val_size": 200},
-    "model": {"name": "lenet_300_100"},
-    "training": {
-        "optimizer": "adam",
-        "lr": 0.002,
-        "batch_size": 32,
-        "duration": 1200,
-        "eval_every": 300,
-        "checkpoint_every": 300,
-    },
-    "pruning": {"rounds": 1, "rates": {"fc": 0.5}},
-    "seeds": [0, 1],
-    "branches": ["reinit"],
-}
+EXPERIMENT: dict[str, Any] = experiment(
+    TINY_EXPERIMENT,
+    training={"duration": 1200, "eval_every": 300, "checkpoint_every": 300},
+    pruning={"rounds": 1},
+    branches=["reinit"],
+)
 NAME = "slurmtiny"
 
 # A seed's round 0 and round 1 as one SLURM job ("chain", one per seed); both seeds' controls

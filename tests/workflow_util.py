@@ -49,27 +49,6 @@ TINY_EXPERIMENT: dict[str, Any] = {
     "branches": ["reinit", "random_mask"],
 }
 
-# The smallest chain that still has every kind of job: one seed, round 0, two pruned rounds
-# and a control branch of each, in-round resume checkpoints every 10 of 60 iterations, on the
-# CPU (bit-for-bit repeatable).
-KILL_EXPERIMENT: dict[str, Any] = {
-    "dataset": {"name": "synthetic", "val_size": 200},
-    "model": {"name": "lenet_300_100"},
-    "training": {
-        "optimizer": "adam",
-        "lr": 0.002,
-        "batch_size": 32,
-        "duration": 60,
-        "eval_every": 20,
-        "checkpoint_every": 10,
-        "device": "cpu",
-    },
-    "pruning": {"rounds": 2, "rates": {"fc": 0.5}},
-    "seeds": [0],
-    "branches": ["random_mask"],
-}
-KILL_NAME = "kr"
-
 
 def experiment(base: dict[str, Any], **sections: dict[str, Any] | list | None) -> dict[str, Any]:
     """A copy of `base` with whole top-level keys replaced or (value None) removed,
@@ -83,6 +62,19 @@ def experiment(base: dict[str, Any], **sections: dict[str, Any] | list | None) -
         else:
             out[key] = copy.deepcopy(value)
     return out
+
+
+# The smallest chain that still has every kind of job: one seed, round 0, two pruned rounds
+# and a control branch of each, in-round resume checkpoints every 10 of 60 iterations, on the
+# CPU (bit-for-bit repeatable).
+KILL_EXPERIMENT: dict[str, Any] = experiment(
+    TINY_EXPERIMENT,
+    training={"duration": 60, "eval_every": 20, "checkpoint_every": 10, "device": "cpu"},
+    pruning={"rounds": 2},
+    seeds=[0],
+    branches=["random_mask"],
+)
+KILL_NAME = "kr"
 
 
 @dataclass(frozen=True)
