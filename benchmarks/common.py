@@ -9,6 +9,7 @@ like with like.
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import resource
@@ -78,6 +79,25 @@ class Clock:
 
     def now(self) -> float:
         return time.perf_counter() if self.kind == "wall" else time.process_time()
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """--device, --clock and --cache: what every timing benchmark asks."""
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="cpu: process CPU time, steadier on a loaded machine (1 thread only)",
+    )
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="prepared data")
+
+
+def run_device(parser: argparse.ArgumentParser, args: argparse.Namespace) -> torch.device:
+    """The device of --device, refused up front when it is CUDA and none is visible."""
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
+    return torch.device(args.device)
 
 
 def time_call(fn: Callable[[], object], device: torch.device | str, clock: Clock) -> float:

@@ -111,28 +111,19 @@ def _memory(device: torch.device) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    common.add_run_options(parser)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--models", nargs="+", choices=list(CASES), default=["lenet_300_100"])
     parser.add_argument("--steps", type=int, default=1000, help="iterations per timed run")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument(
-        "--clock",
-        choices=["wall", "cpu"],
-        default="wall",
-        help="cpu: process CPU time, steadier on a loaded machine (1 thread only)",
-    )
     parser.add_argument("--full", action="store_true", help="run whole rounds, once each")
     parser.add_argument(
         "--bf16",
         action="store_true",
         help="on CUDA also run each model under bf16 autocast (+ channels_last)",
     )
-    parser.add_argument("--cache", type=Path, default=common.DEFAULT_CACHE, help="prepared data")
     args = parser.parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device is available")
-    device = torch.device(args.device)
+    device = common.run_device(parser, args)
     torch.set_num_threads(args.threads)
     variants = [False, True] if args.bf16 and args.device == "cuda" else [False]
 

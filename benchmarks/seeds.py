@@ -33,7 +33,7 @@ TARGET_GAIN = 3.0  # per-seed throughput at 8 seeds, on a GPU
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    common.add_run_options(parser)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seeds", type=int, nargs="+", default=[8])
     parser.add_argument("--steps", type=int, default=None, help="iterations per timed run")
@@ -41,10 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         "--round-steps", type=int, default=None, help="iterations of each whole pruned round"
     )
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall")
-    parser.add_argument("--cache", type=Path, default=common.DEFAULT_CACHE, help="prepared data")
     args = parser.parse_args(argv)
-    device = torch.device(args.device)
+    device = common.run_device(parser, args)
     torch.set_num_threads(args.threads)
     clock = common.Clock(args.clock)
     case = CASES["lenet_300_100"]

@@ -374,7 +374,7 @@ def measure(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    common.add_run_options(parser)
     parser.add_argument(
         "--threads",
         type=int,
@@ -385,17 +385,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="+", choices=list(CASES), default=list(CASES))
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--steps", type=int, default=None, help="iterations per timed run")
-    parser.add_argument(
-        "--clock",
-        choices=["wall", "cpu"],
-        default="wall",
-        help="cpu: process CPU time, steadier on a loaded machine (1 thread only)",
-    )
-    parser.add_argument("--cache", type=Path, default=common.DEFAULT_CACHE, help="prepared data")
     args = parser.parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device is available")
-    device = torch.device(args.device)
+    device = common.run_device(parser, args)
     threads = args.threads or ([1, 2] if args.device == "cpu" else [1])
     clock = common.Clock(args.clock)
 
