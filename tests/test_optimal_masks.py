@@ -72,6 +72,13 @@ def test_logits_follow_the_straight_through_rule_with_clipping(splits):
     live_moves = (first[:, ~dead] - expected).abs()
     assert live_moves.max() > 1e-3  # the loss moved them
     assert (first - 2.0).abs().max() <= 12 * 0.5 * (0.1 + 0.01) + 1e-6
+    # this net's dL/dc are ~1e-4, below the default clip: a clip of 1e-5 must bound every move
+    clipped = optimal_masks.learn_logits(
+        model, data, replace(settings, lr=10.0, penalty_coef=0.0, grad_clip=1e-5),
+        batch_size=60, seed=3,
+    )
+    moves = torch.cat([(b - 2.0).abs().flatten() for b in clipped.values()])
+    assert 0 < moves.max() <= 12 * 10.0 * 1e-5 + 1e-6
     tight = optimal_masks.learn_logits(
         model, data, replace(settings, lr=100.0, logit_clip=1.5), batch_size=60, seed=3
     )
