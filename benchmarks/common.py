@@ -91,12 +91,20 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         help="cpu: process CPU time, steadier on a loaded machine (1 thread only)",
     )
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="prepared data")
+    parser.add_argument(
+        "--no-cudnn-benchmark",
+        dest="cudnn_benchmark",
+        action="store_false",
+        help="leave cuDNN's algorithm search off (lotto's jobs turn it on)",
+    )
 
 
 def run_device(parser: argparse.ArgumentParser, args: argparse.Namespace) -> torch.device:
-    """The device of --device, refused up front when it is CUDA and none is visible."""
+    """The device of --device, refused up front when it is CUDA and none is visible; torch set
+    up as a lotto job sets it up (lotto.cli)."""
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
     return torch.device(args.device)
 
 

@@ -3,6 +3,7 @@
     python benchmarks/round.py                                  # CPU, LeNet-300-100
     python benchmarks/round.py --device cuda --models lenet_300_100 conv6 resnet20
     python benchmarks/round.py --device cuda --full             # the papers' whole rounds
+    python benchmarks/round.py --device cuda --eager            # + steps without CUDA graphs
 
 A round is `lotto.train.train` with validation (5,000 held-out training images) and test
 (10,000) evaluated every 100 iterations and at step 0, as every lotto round does. Without --full
@@ -16,14 +17,13 @@ variant (no eval share then).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 from dataclasses import replace
 from pathlib import Path
 
 import common
 import torch
-from throughput import CASES, Case, bf16_autocast, load_splits, new_model, without_evaluation
+from throughput import CASES, Case, load_splits, new_model, without_evaluation
 
 from lotto import masks
 from lotto.train import train
@@ -34,23 +34,23 @@ EVAL_SHARE_TARGET = 0.25
 
 
 def run_round(
-    case: Case, splits, device: torch.device, steps: int, bf16: bool, clock: common.Clock
+    case: Case,
+    splits,
+    device: torch.device,
+    steps: int,
+    bf16: bool,
+    graph: bool,
+    clock: common.Clock,
 ) -> tuple[float, float]:
     """Seconds for `steps` iterations with evaluation every EVAL_EVERY, and final test acc."""
-    conv = bf16 and case.model != "lenet_300_100"
-    if conv:
-        splits = replace(
-            splits, train_x=splits.train_x.contiguous(memory_format=torch.channels_last)
-        )
-    model = new_model(case, splits, device, channels_last=conv)
-    spec = replace(case.training, eval_every=EVAL_EVERY)
-    autocast = bf16_autocast(device) if bf16 else contextlib.nullcontext()
+    model = new_model(case, splits, device)
+    precision = "bf16" if bf16 else "fp32"
+    spec = replace(case.training, eval_every=EVAL_EVERY, cuda_graph=graph, precision=precision)
     result = None
 
     def go() -> None:
         nonlocal result
-        with autocast:
-            result = train(model, splits, spec, mask=masks.ones(model), seed=0, steps=steps)
+        result = train(model, splits, spec, mask=masks.ones(model), seed=0, steps=steps)
 
     seconds = common.time_call(go, device, clock)
     test = [r for r in result.rows if r["split"] == "test"]
@@ -64,6 +64,7 @@ def measure(
     repeats: int,
     full: bool,
     bf16: bool,
+    graph: bool,
     cache_dir: Path,
     clock: common.Clock,
 ) -> dict[str, float]:
@@ -72,9 +73,9 @@ def measure(
     duration = case.training.duration
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    run_round(case, splits, device, 2 * EVAL_EVERY, bf16, clock)  # warm-up
+    run_round(case, splits, device, 2 * EVAL_EVERY, bf16, graph, clock)  # warm-up
     if full:
-        seconds, accuracy = run_round(case, splits, device, duration, bf16, clock)
+        seconds, accuracy = run_round(case, splits, device, duration, bf16, graph, clock)
         return {
             "round_s": seconds,
             "share": float("nan"),
@@ -85,9 +86,9 @@ def measure(
         }
     with_eval, without, accuracy = [], [], 0.0
     for _ in range(repeats):
-        seconds, accuracy = run_round(case, splits, device, steps, bf16, clock)
+        seconds, accuracy = run_round(case, splits, device, steps, bf16, graph, clock)
         with_eval.append(seconds)
-        without.append(run_round(case, quiet, device, steps, bf16, clock)[0])
+        without.append(run_round(case, quiet, device, steps, bf16, graph, clock)[0])
     evals = steps // EVAL_EVERY + 1  # lotto also evaluates at step 0
     per_eval = max(0.0, common.median(with_eval) - common.median(without)) / evals
     per_step = common.median(without) / steps
@@ -120,12 +121,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--bf16",
         action="store_true",
-        help="on CUDA also run each model under bf16 autocast (+ channels_last)",
+        help="on CUDA also run each model with training.precision: bf16",
+    )
+    parser.add_argument(
+        "--eager",
+        action="store_true",
+        help="on CUDA also run each model eagerly (training.cuda_graph: false)",
     )
     args = parser.parse_args(argv)
     device = common.run_device(parser, args)
     torch.set_num_threads(args.threads)
-    variants = [False, True] if args.bf16 and args.device == "cuda" else [False]
+    # (bf16, CUDA graph): the default step (a graph on a GPU), then what was asked for
+    variants = [(False, True)]
+    if args.device == "cuda":
+        variants += ([(False, False)] if args.eager else []) + ([(True, True)] if args.bf16 else [])
 
     what = (
         "whole rounds, one run each"
@@ -140,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     rows, checks = [], []
     for model in args.models:
         case = CASES[model]
-        for bf16 in variants:
+        for bf16, graph in variants:
             r = measure(
                 case,
                 device,
@@ -148,15 +157,18 @@ def main(argv: list[str] | None = None) -> int:
                 args.repeats,
                 args.full,
                 bf16,
+                graph,
                 args.cache,
                 common.Clock(args.clock),
             )
-            print(f"[{model} bf16={bf16} done]", file=sys.stderr, flush=True)
+            print(f"[{model} bf16={bf16} graph={graph} done]", file=sys.stderr, flush=True)
             precision = (
                 "bf16" + (" + channels_last" if model != "lenet_300_100" else "")
                 if bf16
                 else "fp32"
             )
+            if args.device == "cuda":
+                precision += ", CUDA graph" if graph else ", eager"
             rows.append(
                 [
                     model,
@@ -193,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
     headers = [
         "model",
-        "precision",
+        "precision, step",
         "iterations",
         "round s",
         "step ms",

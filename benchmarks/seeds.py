@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import common
@@ -56,35 +57,42 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(common.header(args.threads, args.device) + f"\n- median of {args.repeats} repeats\n")
     rows, checks = [], []
+    # on a GPU each way runs eagerly and replayed from CUDA graphs (training.cuda_graph)
+    graph_modes = [False, True] if args.device == "cuda" else [True]
     for n in args.seeds:
         seeds = list(range(n))
+        for graph in graph_modes:
+            spec = replace(case.training, cuda_graph=graph)
 
-        def one_by_one(seeds=seeds) -> None:
-            for s in seeds:
-                model = new_model(case, splits, device)
-                train(model, splits, spec, mask=masks.ones(model), seed=s, steps=steps)
+            def one_by_one(seeds=seeds, spec=spec) -> None:
+                for s in seeds:
+                    model = new_model(case, splits, device)
+                    train(model, splits, spec, mask=masks.ones(model), seed=s, steps=steps)
 
-        def together(seeds=seeds) -> None:
-            models = [new_model(case, splits, device) for _ in seeds]
-            train_seeds(
-                models,
-                splits,
-                spec,
-                masks=[masks.ones(m) for m in models],
-                seeds=seeds,
-                steps=steps,
-            )
+            def together(seeds=seeds, spec=spec) -> None:
+                models = [new_model(case, splits, device) for _ in seeds]
+                train_seeds(
+                    models,
+                    splits,
+                    spec,
+                    masks=[masks.ones(m) for m in models],
+                    seeds=seeds,
+                    steps=steps,
+                )
 
-        together()  # warm-up
-        separate, joint = [], []
-        for _ in range(args.repeats):
-            separate.append(n * steps / common.time_call(one_by_one, device, clock))
-            joint.append(n * steps / common.time_call(together, device, clock))
-        gain = common.median([b / a for a, b in zip(separate, joint, strict=True)])
-        rows.append([n, common.spread(separate), common.spread(joint), f"{gain:.2f}"])
-        if n == 8 and args.device == "cuda":
-            checks.append(common.target("per-seed gain at 8 seeds", gain, TARGET_GAIN, unit="x"))
-    headers = ["seeds", "one by one: seed-it/s", "together: seed-it/s", "gain"]
+            together()  # warm-up
+            separate, joint = [], []
+            for _ in range(args.repeats):
+                separate.append(n * steps / common.time_call(one_by_one, device, clock))
+                joint.append(n * steps / common.time_call(together, device, clock))
+            gain = common.median([b / a for a, b in zip(separate, joint, strict=True)])
+            mode = ("CUDA graph" if graph else "eager") if args.device == "cuda" else "-"
+            rows.append([n, mode, common.spread(separate), common.spread(joint), f"{gain:.2f}"])
+            if n == 8 and args.device == "cuda":
+                checks.append(
+                    common.target(f"per-seed gain at 8 seeds, {mode}", gain, TARGET_GAIN, unit="x")
+                )
+    headers = ["seeds", "step", "one by one: seed-it/s", "together: seed-it/s", "gain"]
     print(common.markdown_table(headers, rows))
     round_steps = args.round_steps or (2000 if args.device == "cuda" else 300)
     print(

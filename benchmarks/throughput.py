@@ -15,15 +15,15 @@ Loops, all with the same model, optimizer (fused Adam / SGD) and batch size:
   most training scripts use (num_workers=0 on CPU so every loop has the same cores; 4 workers
   and pinned memory on CUDA).
 
-On CUDA it adds: lotto under bf16 autocast (+ channels_last for conv nets), lotto with TF32
-matmuls, and the plain loop captured whole (forward, backward, optimizer) in one CUDA graph,
-the bound for launch-bound small models.
+On CUDA lotto replays each step from a CUDA graph (training.cuda_graph, the default), and the
+benchmark adds: lotto eager (cuda_graph: false), lotto with training.precision: bf16 (bf16
+autocast, + channels_last for conv nets), lotto with TF32 matmuls, and the plain loop captured whole (forward, backward,
+optimizer) in one CUDA graph by hand, without augmentation or masks.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import itertools
 import sys
 from collections.abc import Callable, Iterator
@@ -106,14 +106,12 @@ def without_evaluation(splits: datasets.Splits) -> datasets.Splits:
     )
 
 
-def new_model(
-    case: Case, splits: datasets.Splits, device: torch.device, channels_last: bool = False
-) -> torch.nn.Module:
+def new_model(case: Case, splits: datasets.Splits, device: torch.device) -> torch.nn.Module:
     torch.manual_seed(0)
     model = create_model(
         case.model, input_shape=splits.input_shape, num_classes=splits.num_classes
     ).to(device)
-    return model.to(memory_format=torch.channels_last) if channels_last else model
+    return model
 
 
 def random_mask(model: torch.nn.Module, density: float) -> masks.Mask:
@@ -146,34 +144,23 @@ def lotto_loop(
     splits: datasets.Splits,
     device: torch.device,
     density: float = 1.0,
-    bf16: bool = False,
-    channels_last: bool = False,
+    precision: str = "fp32",
     tf32: bool = False,
+    graph: bool = True,
 ) -> Callable[[int], None]:
     quiet = without_evaluation(splits)
-    if channels_last:
-        quiet = replace(quiet, train_x=quiet.train_x.contiguous(memory_format=torch.channels_last))
-    model = new_model(case, splits, device, channels_last)
+    model = new_model(case, splits, device)
     mask = masks.ones(model) if density == 1.0 else random_mask(model, density)
-    spec = replace(case.training, eval_every=10**9)
+    spec = replace(case.training, eval_every=10**9, cuda_graph=graph, precision=precision)
 
     def run(steps: int) -> None:
         torch.backends.cuda.matmul.allow_tf32 = tf32
-        autocast = bf16_autocast(device) if bf16 else contextlib.nullcontext()
         try:
-            with autocast:
-                train(model, quiet, spec, mask=mask, seed=0, steps=steps)
+            train(model, quiet, spec, mask=mask, seed=0, steps=steps)
         finally:
             torch.backends.cuda.matmul.allow_tf32 = False
 
     return run
-
-
-def bf16_autocast(device: torch.device) -> torch.autocast:
-    """bf16 autocast around a whole `train` call. Its cache of cast weights must be off: with
-    it on, the casts made at the first step are reused for the whole call (the cache is only
-    cleared when the outermost autocast block exits), so the model would never change."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
 
 
 def plain_loop(case: Case, splits: datasets.Splits, device: torch.device) -> Callable[[int], None]:
@@ -325,9 +312,12 @@ def loops_for(case: Case, splits, device: torch.device, cache_dir: Path) -> dict
     }
     if device.type == "cuda":
         conv = case.model != "lenet_300_100"
+        loops["lotto eager (cuda_graph: false)"] = lambda: lotto_loop(
+            case, splits, device, graph=False
+        )
         loops["lotto tf32"] = lambda: lotto_loop(case, splits, device, tf32=True)
         name = "lotto bf16" + (" + channels_last" if conv else "")
-        loops[name] = lambda: lotto_loop(case, splits, device, bf16=True, channels_last=conv)
+        loops[name] = lambda: lotto_loop(case, splits, device, precision="bf16")
         if not case.augment:  # the graph would need the augmentation RNG captured too
             loops["plain CUDA graph"] = lambda: cuda_graph_loop(case, splits, device)
     return loops

@@ -96,10 +96,13 @@ class TrainingSpec:
     warmup: int = 0
     eval_every: int = 100
     divergence_loss: float = 1e4
+    precision: str = "fp32"  # or "bf16": autocast forward passes (lotto.train.autocast)
     checkpoint_every: int = field(default=0, metadata=_no_hash())
     device: str = field(default="auto", metadata=_no_hash())
     # how the workflow runs a pruned round's seeds (together, lotto.vmap), not what they compute
     vectorize_seeds: bool = field(default=False, metadata=_no_hash())
+    # how a GPU runs the step (replayed from a CUDA graph, lotto.train.Stepper), not what it computes
+    cuda_graph: bool = field(default=True, metadata=_no_hash())
 
     def lr_at(self, step: int) -> float:
         """The learning rate at iteration `step`: linear warm-up, then multi-step decay."""
@@ -223,6 +226,10 @@ class ExperimentSpec:
             del plain["pruning"]["mask_training"]
         if not plain["training"]["vectorize_seeds"]:
             del plain["training"]["vectorize_seeds"]
+        if plain["training"]["cuda_graph"]:
+            del plain["training"]["cuda_graph"]
+        if plain["training"]["precision"] == "fp32":
+            del plain["training"]["precision"]
         return plain
 
     @classmethod
@@ -235,7 +242,7 @@ def _from_plain(cls: type, data: dict[str, Any]) -> Any:
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name not in data and f.default is not dataclasses.MISSING:
-            continue  # a field added later with a default (earlybird, vectorize_seeds), left out
+            continue  # a field added later with a default (earlybird, vectorize_seeds, ...), left out
         value = data[f.name]
         if dataclasses.is_dataclass(f.default):
             value = _from_plain(type(f.default), value)
@@ -480,9 +487,11 @@ def resolve(doc: Any, source: str = "<experiment>", default_name: str = "experim
         warmup=warmup,
         eval_every=eval_every,
         divergence_loss=float(t.get("divergence_loss", 1e4)),
+        precision=t.get("precision", "fp32"),
         checkpoint_every=step("training.checkpoint_every", t.get("checkpoint_every", 0)),
         device=t.get("device", "auto"),
         vectorize_seeds=t.get("vectorize_seeds", False),
+        cuda_graph=t.get("cuda_graph", True),
     )
 
     model = _resolve_model(doc["model"], dataset, bad)

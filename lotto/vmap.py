@@ -30,7 +30,15 @@ from torch.func import functional_call, stack_module_state, vmap
 from lotto.data import Splits
 from lotto.masks import Mask, prunable_layers
 from lotto.spec import TrainingSpec
-from lotto.train import EVAL_BATCH, BatchSchedule, TrainResult, _row, make_optimizer
+from lotto.train import (
+    EVAL_BATCH,
+    BatchSchedule,
+    Stepper,
+    TrainResult,
+    _row,
+    autocast,
+    make_optimizer,
+)
 
 
 class DivergedError(RuntimeError):
@@ -97,7 +105,8 @@ def train_seeds(
     keep = {k: v.to(params[k].dtype) for k, v in keep.items() if not bool(v.all())}
     masked, mask_f = [params[k] for k in keep], list(keep.values())
     decayed = [params[f"{n}.weight"] for n in names] if spec.l2 else []
-    optimizer = make_optimizer(params.values(), spec)
+    graphed = spec.cuda_graph and device.type == "cuda"
+    optimizer = make_optimizer(params.values(), spec, capturable=graphed)
     if masked:
         with torch.no_grad():
             torch._foreach_mul_(masked, mask_f)
@@ -117,7 +126,8 @@ def train_seeds(
         correct = torch.zeros(n_seeds, device=device, dtype=torch.long)
         with torch.no_grad():
             for i in range(0, len(x), EVAL_BATCH):
-                out = shared_input(params, buffers, x[i : i + EVAL_BATCH])  # (S, n, classes)
+                with autocast(spec.precision, device):
+                    out = shared_input(params, buffers, x[i : i + EVAL_BATCH])  # (S, n, classes)
                 target = y[i : i + EVAL_BATCH].expand(n_seeds, -1)
                 loss += F.cross_entropy(out.transpose(1, 2), target, reduction="none").sum(1)
                 correct += (out.argmax(2) == target).sum(1)
@@ -125,7 +135,7 @@ def train_seeds(
         return [(lo / n, c / n) for lo, c in zip(loss.tolist(), correct.tolist(), strict=True)]
 
     def evaluate_now(at: int) -> None:
-        nonlocal loss_sum, correct_sum, seen
+        nonlocal seen
         lr = lr_at(max(at - 1, 0))
         if seen:
             train_loss = (loss_sum / seen).tolist()  # host sync: evaluation point
@@ -143,22 +153,15 @@ def train_seeds(
         for i in range(n_seeds):
             rows[i].append(_row(at, "val", *val[i], lr))
             rows[i].append(_row(at, "test", *test[i], lr))
-        loss_sum = torch.zeros(n_seeds, device=device)
-        correct_sum = torch.zeros(n_seeds, device=device, dtype=torch.long)
+        loss_sum.zero_()
+        correct_sum.zero_()
         seen = 0
 
-    evaluate_now(0)
-    for step in range(steps):
-        global_step = start + step
-        idx = torch.stack([s.indices(global_step) for s in schedules])
-        x, y = data.train_x[idx], data.train_y[idx]  # (S, B, ...): one gather for all seeds
-        if data.augment:
-            x = torch.stack([s.augment(x[i], global_step) for i, s in enumerate(schedules)])
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step)
-        out = per_seed(params, buffers, x)  # (S, B, classes)
-        losses = F.cross_entropy(out.transpose(1, 2), y, reduction="none").mean(1)  # (S,)
-        optimizer.zero_grad(set_to_none=True)
+    def train_step(x: torch.Tensor, y: torch.Tensor) -> None:
+        """train()'s step for every seed at once; x is (S, B, ...), y (S, B)."""
+        with autocast(spec.precision, device):
+            out = per_seed(params, buffers, x)  # (S, B, classes)
+            losses = F.cross_entropy(out.transpose(1, 2), y, reduction="none").mean(1)  # (S,)
         losses.sum().backward()
         if decayed:
             torch._foreach_add_([w.grad for w in decayed], decayed, alpha=2.0 * spec.l2)
@@ -166,8 +169,18 @@ def train_seeds(
         with torch.no_grad():
             if masked:
                 torch._foreach_mul_(masked, mask_f)
-            loss_sum += losses.detach() * batch
-            correct_sum += (out.argmax(2) == y).sum(1)
+            loss_sum.add_(losses.detach() * batch)
+            correct_sum.add_((out.argmax(2) == y).sum(1))
+
+    stepper = Stepper(train_step, optimizer, graph=graphed)
+    evaluate_now(0)
+    for step in range(steps):
+        global_step = start + step
+        idx = torch.stack([s.indices(global_step) for s in schedules])
+        x, y = data.train_x[idx], data.train_y[idx]  # (S, B, ...): one gather for all seeds
+        if data.augment:
+            x = torch.stack([s.augment(x[i], global_step) for i, s in enumerate(schedules)])
+        stepper(x, y, lr_at(step))
         seen += batch
         if (step + 1) % spec.eval_every == 0 or step + 1 == steps:
             evaluate_now(step + 1)
