@@ -1,7 +1,7 @@
 """Training throughput of lotto's loop against two references, model by model.
 
     python benchmarks/throughput.py                       # CPU, 1 and 2 threads, all models
-    python benchmarks/throughput.py --device cuda         # GPU, plus bf16 and CUDA-graph variants
+    python benchmarks/throughput.py --device cuda         # GPU, plus eager, bf16 and TF32 variants
     python benchmarks/throughput.py --models lenet_300_100 --repeats 7 --clock cpu
 
 Loops, all with the same model, optimizer (fused Adam / SGD) and batch size:
@@ -17,8 +17,7 @@ Loops, all with the same model, optimizer (fused Adam / SGD) and batch size:
 
 On CUDA lotto replays each step from a CUDA graph (training.cuda_graph, the default), and the
 benchmark adds: lotto eager (cuda_graph: false), lotto with training.precision: bf16 (bf16
-autocast, + channels_last for conv nets), lotto with TF32 matmuls, and the plain loop captured whole (forward, backward,
-optimizer) in one CUDA graph by hand, without augmentation or masks.
+autocast, + channels_last for conv nets) and lotto with TF32 matmuls.
 """
 
 from __future__ import annotations
@@ -122,16 +121,15 @@ def random_mask(model: torch.nn.Module, density: float) -> masks.Mask:
     }
 
 
-def make_optimizer(model: torch.nn.Module, spec: TrainingSpec, **extra) -> torch.optim.Optimizer:
+def make_optimizer(model: torch.nn.Module, spec: TrainingSpec) -> torch.optim.Optimizer:
     if spec.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=spec.lr, fused=True, **extra)
+        return torch.optim.Adam(model.parameters(), lr=spec.lr, fused=True)
     return torch.optim.SGD(
         model.parameters(),
         lr=spec.lr,
         momentum=spec.momentum,
         weight_decay=spec.weight_decay,
         fused=True,
-        **extra,
     )
 
 
@@ -190,42 +188,6 @@ def _index_batches(n: int, batch: int, device: torch.device) -> Iterator[torch.T
         order = torch.randperm(n, generator=generator).to(device)
         for i in range(n // batch):
             yield order[i * batch : (i + 1) * batch]
-
-
-def cuda_graph_loop(
-    case: Case, splits: datasets.Splits, device: torch.device
-) -> Callable[[int], None]:
-    """The plain loop with forward, backward and optimizer step replayed as one CUDA graph;
-    per step the host only writes the next batch's indices and launches the graph."""
-    model = new_model(case, splits, device)
-    optimizer = make_optimizer(model, case.training, capturable=True)
-    x_all, y_all, batch = splits.train_x, splits.train_y, case.training.batch_size
-    idx = torch.zeros(batch, dtype=torch.long, device=device)
-    batches = _index_batches(len(x_all), batch, device)
-
-    def step() -> None:
-        loss = F.cross_entropy(model(x_all[idx]), y_all[idx])
-        loss.backward()
-        optimizer.step()
-
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # warm-up outside the graph, as capture requires
-        for _ in range(3):
-            optimizer.zero_grad(set_to_none=True)
-            step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    optimizer.zero_grad(set_to_none=True)
-    with torch.cuda.graph(graph):
-        step()
-
-    def run(steps: int) -> None:
-        for next_idx in itertools.islice(batches, steps):
-            idx.copy_(next_idx)
-            graph.replay()
-
-    return run
 
 
 def dataloader_loop(
@@ -318,8 +280,6 @@ def loops_for(case: Case, splits, device: torch.device, cache_dir: Path) -> dict
         loops["lotto tf32"] = lambda: lotto_loop(case, splits, device, tf32=True)
         name = "lotto bf16" + (" + channels_last" if conv else "")
         loops[name] = lambda: lotto_loop(case, splits, device, precision="bf16")
-        if not case.augment:  # the graph would need the augmentation RNG captured too
-            loops["plain CUDA graph"] = lambda: cuda_graph_loop(case, splits, device)
     return loops
 
 
@@ -331,6 +291,7 @@ def measure(
     clock: common.Clock,
     cache_dir: Path,
     steps: int | None,
+    skip: frozenset[str] = frozenset(),
 ) -> tuple[list[list[object]], dict[str, float]]:
     """Rows of the table for one model; and the median ratio of lotto to each reference."""
     torch.set_num_threads(threads)
@@ -338,6 +299,9 @@ def measure(
     steps = steps or (case.steps_cuda if device.type == "cuda" else case.steps_cpu)
     runs, failed = {}, {}
     for name, build in loops_for(case, splits, device, cache_dir).items():
+        if name in skip:
+            continue
+        print(f"[{case.model}] {name}: building, warm-up", file=sys.stderr, flush=True)
         try:  # a variant the device or torch version cannot run is reported, not fatal
             runs[name] = build()
             runs[name](max(2, steps // 10))  # warm-up: allocator, kernels, DataLoader workers
@@ -351,6 +315,7 @@ def measure(
     ratios = {
         ref: common.median([a / b for a, b in zip(rates["lotto"], rates[ref], strict=True)])
         for ref in ("plain", "DataLoader")
+        if ref in rates
     }
     rows = []
     for name, values in rates.items():
@@ -375,7 +340,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="+", choices=list(CASES), default=list(CASES))
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--steps", type=int, default=None, help="iterations per timed run")
+    parser.add_argument(
+        "--skip", nargs="+", default=[], help="loops to leave out (not lotto or plain), by name"
+    )
     args = parser.parse_args(argv)
+    if {"lotto", "plain"} & set(args.skip):
+        parser.error("--skip: lotto and plain are what every ratio is taken against")
     device = common.run_device(parser, args)
     threads = args.threads or ([1, 2] if args.device == "cpu" else [1])
     clock = common.Clock(args.clock)
@@ -388,7 +358,14 @@ def main(argv: list[str] | None = None) -> int:
     for model in args.models:
         for n in threads:
             rows, ratios = measure(
-                CASES[model], device, n, args.repeats, clock, args.cache, args.steps
+                CASES[model],
+                device,
+                n,
+                args.repeats,
+                clock,
+                args.cache,
+                args.steps,
+                frozenset(args.skip),
             )
             # rows as they come: a crash of a later model (a CUDA error ends the process) keeps them
             print("\n".join(common.markdown_table(headers, rows).splitlines()[2:]), flush=True)
@@ -398,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"{model}, {n} thread(s): lotto / plain", ratios["plain"], 0.9, unit="x"
                     )
                 )
-                if model == "lenet_300_100":  # conv nets on CPU are compute-bound: see docs
+                if model == "lenet_300_100" and "DataLoader" in ratios:  # conv nets: see docs
                     checks.append(
                         common.target(
                             f"{model}, {n} thread(s): lotto / DataLoader",
