@@ -281,8 +281,8 @@ def train(
     `on_eval(step, model)` runs after each evaluation; returning True ends training there.
     """
     device = data.train_x.device
-    if spec.precision == "bf16" and device.type == "cuda" and _has_conv(model):
-        model.to(memory_format=torch.channels_last)  # what bf16 tensor-core convolutions want
+    if device.type == "cuda" and _has_conv(model):
+        model.to(memory_format=torch.channels_last)  # what tensor-core convolutions want
     layers = prunable_layers(model)
     # Only layers with pruned weights are re-zeroed after each step: multiplying by ones
     # changes no bit, and skipping them saves a pass over the weights (all of them when dense).
