@@ -94,16 +94,11 @@ def _eager(base: type[torch.optim.Optimizer]) -> type[torch.optim.Optimizer]:
 _Adam, _SGD = _eager(torch.optim.Adam), _eager(torch.optim.SGD)
 
 
-def make_optimizer(
-    params: Iterable[torch.Tensor], spec: TrainingSpec, capturable: bool = False
-) -> torch.optim.Optimizer:
-    """Adam or SGD with fused kernels (3x faster than the per-tensor loop on CPU for LeNet).
-
-    `capturable` lets Adam's step run inside a CUDA graph (fused SGD always can).
-    """
+def make_optimizer(params: Iterable[torch.Tensor], spec: TrainingSpec) -> torch.optim.Optimizer:
+    """Adam or SGD with fused kernels (3x faster than the per-tensor loop on CPU for LeNet)."""
     params = list(params)
     if spec.optimizer == "adam":
-        return _Adam(params, lr=spec.lr, weight_decay=spec.weight_decay, fused=True, capturable=capturable)
+        return _Adam(params, lr=spec.lr, weight_decay=spec.weight_decay, fused=True)
     return _SGD(
         params, lr=spec.lr, momentum=spec.momentum, nesterov=spec.nesterov,
         weight_decay=spec.weight_decay, fused=True,
@@ -151,10 +146,11 @@ class Stepper:
     """Runs the training step `step_fn(x, y)`: eagerly, or replayed from a CUDA graph.
 
     On a GPU a small model's step is bound by the host (~30 us of Python and launch per op,
-    ~45 ops for LeNet), not by the GPU. With `graph`, the first WARMUP steps run eagerly on a
-    side stream (as capture requires), then one step is captured whole (forward, backward,
-    optimizer, re-zeroing of pruned weights, metric sums) and every later step only copies
-    its batch into static buffers, sets the LR tensor and replays the graph. Batch order,
+    ~45 ops for LeNet), not by the GPU. With `graph` (training.cuda_graph) and the optimizer's
+    parameters on a CUDA device, the first WARMUP steps run eagerly on a side stream (as
+    capture requires), then one step is captured whole (forward, backward, optimizer,
+    re-zeroing of pruned weights, metric sums) and every later step only copies its batch
+    into static buffers, sets the LR tensor and replays the graph. Batch order,
     augmentation and LR schedule stay on the host, unchanged. `step_fn` must not rebind
     the tensors it writes, and must not read the host or synchronise.
     """
@@ -163,16 +159,17 @@ class Stepper:
 
     def __init__(self, step_fn: Callable[[torch.Tensor, torch.Tensor], None],
                  optimizer: torch.optim.Optimizer, graph: bool):
-        self.step_fn, self.optimizer, self.use_graph = step_fn, optimizer, graph
+        device = optimizer.param_groups[0]["params"][0].device
+        self.step_fn, self.optimizer = step_fn, optimizer
+        self.use_graph = graph and device.type == "cuda"
         self.graph: torch.cuda.CUDAGraph | None = None
         self.eager_steps = 0
         self.lr_value = math.nan
-        if graph:
-            device = optimizer.param_groups[0]["params"][0].device
+        if self.use_graph:
             self.lr = torch.zeros((), device=device)  # the graph reads the LR from here
             for group in optimizer.param_groups:
                 group["lr"] = self.lr
-                if "capturable" in group:  # also after a resume file saved by an eager run
+                if "capturable" in group:  # Adam: its step may then run inside a graph
                     group["capturable"] = True
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> None:
@@ -291,8 +288,7 @@ def train(
     mask_f = [keep.to(device=device, dtype=w.dtype) for w, keep in pruned]
     decayed = [m.weight for _, _, m in layers] if spec.l2 else []
     bn_scales = [m.weight for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    graphed = spec.cuda_graph and device.type == "cuda"
-    optimizer = make_optimizer(model.parameters(), spec, capturable=graphed)
+    optimizer = make_optimizer(model.parameters(), spec)
     batches = BatchSchedule(data, spec.batch_size, seed)
     final_lr = spec.lr_at(spec.duration)
     snapshot_at = set(snapshot_at)
@@ -381,7 +377,7 @@ def train(
             loss_sum.add_(loss.detach() * len(y))
             correct_sum.add_((out.argmax(1) == y).sum())
 
-    stepper = Stepper(train_step, optimizer, graph=graphed)
+    stepper = Stepper(train_step, optimizer, graph=spec.cuda_graph)
     while step < steps:
         global_step = start + step
         x, y = batches.batch(global_step)

@@ -105,8 +105,7 @@ def train_seeds(
     keep = {k: v.to(params[k].dtype) for k, v in keep.items() if not bool(v.all())}
     masked, mask_f = [params[k] for k in keep], list(keep.values())
     decayed = [params[f"{n}.weight"] for n in names] if spec.l2 else []
-    graphed = spec.cuda_graph and device.type == "cuda"
-    optimizer = make_optimizer(params.values(), spec, capturable=graphed)
+    optimizer = make_optimizer(params.values(), spec)
     if masked:
         with torch.no_grad():
             torch._foreach_mul_(masked, mask_f)
@@ -172,7 +171,7 @@ def train_seeds(
             loss_sum.add_(losses.detach() * batch)
             correct_sum.add_((out.argmax(2) == y).sum(1))
 
-    stepper = Stepper(train_step, optimizer, graph=graphed)
+    stepper = Stepper(train_step, optimizer, graph=spec.cuda_graph)
     evaluate_now(0)
     for step in range(steps):
         global_step = start + step
