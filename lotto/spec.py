@@ -118,7 +118,7 @@ class MaskTrainingSpec:
 
     The dense weights after `pretrain` iterations of round 0 are frozen; one logit per prunable
     weight is trained for `steps` iterations by straight-through gradients of Bernoulli-sampled
-    masks, with an L1/L2 `penalty` on the logits.
+    masks, with an L1/L2 `penalty` on the sampled masks (lotto.optimal_masks says why).
     """
 
     pretrain: int = 0  # iterations of round 0 (resolved from the fraction of training.duration)
@@ -219,17 +219,12 @@ class ExperimentSpec:
 
     def to_dict(self) -> dict[str, Any]:
         plain = json.loads(json.dumps(dataclasses.asdict(self)))
-        for optional in ("earlybird", "transfer_from"):
-            if plain[optional] is None:
-                del plain[optional]  # specs without it stay byte-identical to older ones
-        if plain["pruning"]["mask_training"] is None:
-            del plain["pruning"]["mask_training"]
-        if not plain["training"]["vectorize_seeds"]:
-            del plain["training"]["vectorize_seeds"]
-        if plain["training"]["cuda_graph"]:
-            del plain["training"]["cuda_graph"]
-        if plain["training"]["precision"] == "fp32":
-            del plain["training"]["precision"]
+        for section, names in _ADDED_LATER.items():
+            owner = self if section is None else getattr(self, section)
+            written = plain if section is None else plain[section]
+            for name in names:
+                if getattr(owner, name) == _default(type(owner), name):
+                    del written[name]
         return plain
 
     @classmethod
@@ -238,11 +233,25 @@ class ExperimentSpec:
         return _from_plain(cls, data)
 
 
+# Fields added after results were first written, by section (None: the experiment itself). At
+# their default they are left out of spec files, so the files of older results stay
+# byte-identical; _from_plain reads a missing field as its default.
+_ADDED_LATER: dict[str | None, tuple[str, ...]] = {
+    None: ("earlybird", "transfer_from"),
+    "pruning": ("mask_training",),
+    "training": ("vectorize_seeds", "cuda_graph", "precision"),
+}
+
+
+def _default(cls: type, name: str) -> Any:
+    return next(f.default for f in dataclasses.fields(cls) if f.name == name)
+
+
 def _from_plain(cls: type, data: dict[str, Any]) -> Any:
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name not in data and f.default is not dataclasses.MISSING:
-            continue  # a field added later with a default (earlybird, vectorize_seeds, ...), left out
+            continue  # a field added later (_ADDED_LATER), left out at its default
         value = data[f.name]
         if dataclasses.is_dataclass(f.default):
             value = _from_plain(type(f.default), value)
