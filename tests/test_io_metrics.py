@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import math
 import os
+import stat
 import subprocess
 import sys
 
@@ -58,6 +59,36 @@ def test_metrics_writer_dying_midway_leaves_no_file(tmp_path, monkeypatch):
     with pytest.raises(WriterFailed):
         metrics.write(target, [ROW], **CONSTANTS)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_data_is_fsynced_before_the_rename_and_the_directory_after_it(tmp_path, monkeypatch):
+    """The order that makes a write survive a power loss: the new file's data on disk before
+    its name replaces the old one (else the final name may point at an empty file), then the
+    directory, which holds the rename (else the rename itself may be lost)."""
+    target = tmp_path / "result.bin"
+    io.write_bytes(target, b"old")
+    calls = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        info = os.fstat(fd)
+        kind = "directory" if stat.S_ISDIR(info.st_mode) else "file"
+        calls.append((f"fsync {kind}", info.st_ino, info.st_size if kind == "file" else None))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        calls.append(("replace", os.stat(src).st_ino, None))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    io.write_bytes(target, b"new content")
+    new_file, directory = target.stat().st_ino, tmp_path.stat().st_ino
+    assert calls == [
+        ("fsync file", new_file, len(b"new content")),  # the written data, not an empty file
+        ("replace", new_file, None),
+        ("fsync directory", directory, None),
+    ]
 
 
 def test_write_json_is_sorted_and_complete(tmp_path):
