@@ -6,7 +6,6 @@ from __future__ import annotations
 import errno
 import math
 import os
-import stat
 import subprocess
 import sys
 
@@ -67,28 +66,25 @@ def test_data_is_fsynced_before_the_rename_and_the_directory_after_it(tmp_path, 
     directory, which holds the rename (else the rename itself may be lost)."""
     target = tmp_path / "result.bin"
     io.write_bytes(target, b"old")
-    calls = []
+    calls = []  # (what, inode, bytes in the file then)
     real_fsync, real_replace = os.fsync, os.replace
 
     def fsync(fd):
         info = os.fstat(fd)
-        kind = "directory" if stat.S_ISDIR(info.st_mode) else "file"
-        calls.append((f"fsync {kind}", info.st_ino, info.st_size if kind == "file" else None))
+        calls.append(("fsync", info.st_ino, info.st_size))
         real_fsync(fd)
 
     def replace(src, dst):
-        calls.append(("replace", os.stat(src).st_ino, None))
+        calls.append(("replace", os.stat(src).st_ino, os.stat(src).st_size))
         real_replace(src, dst)
 
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "replace", replace)
     io.write_bytes(target, b"new content")
-    new_file, directory = target.stat().st_ino, tmp_path.stat().st_ino
-    assert calls == [
-        ("fsync file", new_file, len(b"new content")),  # the written data, not an empty file
-        ("replace", new_file, None),
-        ("fsync directory", directory, None),
-    ]
+    names = {target.stat().st_ino: "new file", tmp_path.stat().st_ino: "directory"}
+    seen = [f"{what} {names.get(inode, 'other')}" for what, inode, _ in calls]
+    assert seen == ["fsync new file", "replace new file", "fsync directory"]
+    assert calls[0][2] == len(b"new content")  # fsynced once written, not while still empty
 
 
 def test_write_json_is_sorted_and_complete(tmp_path):
