@@ -13,9 +13,11 @@ from typing import Any
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from lotto import data
-from lotto.spec import ExperimentSpec, resolve
+from lotto.spec import ExperimentSpec, TrainingSpec, resolve
+from lotto.train import BatchSchedule
 
 torch.set_num_threads(1)  # small models are fastest, and bit-for-bit repeatable, on one thread
 
@@ -73,3 +75,20 @@ def synthetic_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def splits(synthetic_data: Path) -> data.Splits:
     """The synthetic dataset loaded on the CPU with the tiny experiment's validation split."""
     return data.load(synthetic_data, val_size=VAL_SIZE)
+
+
+def train_by_hand(model: torch.nn.Module, splits: data.Splits, spec: TrainingSpec, *, seed: int,
+                  steps: int, start: int = 0) -> dict[str, torch.Tensor]:
+    """The weights after `steps` plain torch SGD steps from schedule step `start`: at global step
+    s, the batch of (seed, s) at the rate spec.lr_at(s). The reference lotto's loops must match
+    (only SGD with momentum; no L2, decay or mask)."""
+    assert (spec.optimizer, spec.weight_decay, spec.l2) == ("sgd", 0.0, 0.0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum)
+    batches = BatchSchedule(splits, spec.batch_size, seed)
+    for step in range(start, start + steps):
+        x, y = batches.batch(step)
+        optimizer.param_groups[0]["lr"] = spec.lr_at(step)
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}

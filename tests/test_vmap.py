@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_spec
+from conftest import tiny_spec, train_by_hand
 
 from lotto import masks, prune
 from lotto.models import create_model
@@ -62,6 +62,22 @@ def test_each_seed_matches_its_separate_run(splits, training):
             assert b["accuracy"] == pytest.approx(a["accuracy"], abs=1 / len(splits.test_y))
     # the seeds really trained differently (a vectorisation that mixed them would not)
     assert not torch.allclose(together[0].state["1.weight"], together[1].state["1.weight"])
+
+
+def test_each_seed_steps_at_the_rate_of_the_schedule_for_its_step(splits):
+    """As for lotto.train.train: with a warm-up and a decay inside the run, every seed's weights
+    are those of plain torch SGD stepped by hand at lr_at(global step), from schedule step 3."""
+    spec = tiny_spec(training={"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "warmup": 6,
+                               "milestones": [9], "duration": 20, "eval_every": 5}).training
+    seeds = [3, 8]
+    together = train_seeds([lenet(s) for s in seeds], splits, spec,
+                           masks=[masks.ones(lenet(s)) for s in seeds], seeds=seeds, steps=12,
+                           start=3)
+    for seed, result in zip(seeds, together, strict=True):
+        expected = train_by_hand(lenet(seed), splits, spec, seed=seed, steps=12, start=3)
+        for key, value in expected.items():
+            torch.testing.assert_close(result.state[key], value, rtol=0, atol=1e-6,
+                                       msg=lambda m, key=key: f"{key}: {m}")
 
 
 @pytest.mark.parametrize(
