@@ -113,6 +113,19 @@ def test_optimizer_steps_at_the_rate_of_the_schedule_for_its_step(splits, start)
                                    msg=lambda m, key=key: f"{key}: {m}")
 
 
+def test_a_length_not_a_multiple_of_eval_every_ends_with_an_evaluation_of_the_final_weights(splits):
+    """25 steps at eval_every 10: rows at 0, 10, 20 and 25, the last of the weights returned."""
+    spec = tiny_spec(training={"eval_every": 10}).training
+    model = lenet()
+    result = train(model, splits, spec, mask=masks.ones(model), seed=0, steps=25)
+    assert [(r["step"], r["split"]) for r in result.rows] == [(0, "val"), (0, "test")] + [
+        (step, split) for step in (10, 20, 25) for split in ("train", "val", "test")
+    ]
+    final = {r["split"]: r for r in result.rows if r["step"] == 25}
+    loss, accuracy = evaluate(model, splits.test_x, splits.test_y)
+    assert (final["test"]["loss"], final["test"]["accuracy"]) == (loss, accuracy)
+
+
 def test_batch_order_depends_only_on_seed_and_global_step(splits):
     """20 steps, then 20 more from schedule step 20, equals 40 steps in one go (stateless SGD):
     what lets a replay or a rewound round continue round 0's exact trajectory."""
