@@ -79,16 +79,19 @@ def splits(synthetic_data: Path) -> data.Splits:
 
 def train_by_hand(model: torch.nn.Module, splits: data.Splits, spec: TrainingSpec, *, seed: int,
                   steps: int, start: int = 0) -> dict[str, torch.Tensor]:
-    """The weights after `steps` plain torch SGD steps from schedule step `start`: at global step
-    s, the batch of (seed, s) at the rate spec.lr_at(s). The reference lotto's loops must match
-    (only SGD with momentum; no L2, decay or mask)."""
-    assert (spec.optimizer, spec.weight_decay, spec.l2) == ("sgd", 0.0, 0.0)
-    optimizer = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum)
+    """The weights after `steps` SGD-with-momentum updates written out by hand (torch.optim's
+    rule: v = momentum * v + grad, w -= lr * v), from schedule step `start`: at global step s,
+    the batch of (seed, s) at the rate spec.lr_at(s). The reference lotto's loops must match
+    (no L2, decay or mask)."""
+    assert (spec.optimizer, spec.nesterov, spec.weight_decay, spec.l2) == ("sgd", False, 0.0, 0.0)
+    params = list(model.parameters())
+    velocity = [torch.zeros_like(w) for w in params]
     batches = BatchSchedule(splits, spec.batch_size, seed)
     for step in range(start, start + steps):
         x, y = batches.batch(step)
-        optimizer.param_groups[0]["lr"] = spec.lr_at(step)
-        optimizer.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        optimizer.step()
+        grads = torch.autograd.grad(F.cross_entropy(model(x), y), params)
+        with torch.no_grad():
+            for w, v, g in zip(params, velocity, grads, strict=True):
+                v.mul_(spec.momentum).add_(g)
+                w.sub_(spec.lr_at(step) * v)
     return {k: v.detach().clone() for k, v in model.state_dict().items()}

@@ -101,7 +101,7 @@ SCHEDULE = {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "warmup": 6, "miles
 
 @pytest.mark.parametrize("start", [0, 3])
 def test_optimizer_steps_at_the_rate_of_the_schedule_for_its_step(splits, start):
-    """Each step uses lr_at(its global step), as the plain-torch reference does by hand; the
+    """Each step uses lr_at(its global step), as the update written out by hand does; the
     `lr` column is computed apart, so only this comparison sees a rate one step off."""
     spec = tiny_spec(training=SCHEDULE).training
     assert len({spec.lr_at(s) for s in range(start, start + 12)}) >= 4  # the schedule moves

@@ -66,7 +66,7 @@ def test_each_seed_matches_its_separate_run(splits, training):
 
 def test_each_seed_steps_at_the_rate_of_the_schedule_for_its_step(splits):
     """As for lotto.train.train: with a warm-up and a decay inside the run, every seed's weights
-    are those of plain torch SGD stepped by hand at lr_at(global step), from schedule step 3."""
+    are those of SGD written out by hand at lr_at(global step), from schedule step 3."""
     spec = tiny_spec(training={"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "warmup": 6,
                                "milestones": [9], "duration": 20, "eval_every": 5}).training
     seeds = [3, 8]
