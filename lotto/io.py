@@ -1,8 +1,11 @@
 """Atomic, verifiable file I/O: every result either is complete or does not exist.
 
-Each file is written to a temporary name in the same directory, flushed, fsynced and
-renamed over its final name. Checkpoints and masks get a `<name>.sha256` sidecar so
-that a truncated or altered file is detected on load instead of silently used.
+Each file is written to a temporary name in the same directory, fsynced, renamed over its
+final name, and then the directory is fsynced so that the rename itself is on disk. A
+crash of the process leaves the old file or the complete new one under the final name; so
+does a power loss, on file systems that honour fsync. Checkpoints and masks get a
+`<name>.sha256` sidecar so that a truncated or altered file is detected on load instead of
+silently used.
 """
 
 from __future__ import annotations
@@ -27,7 +30,12 @@ class CorruptFileError(RuntimeError):
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it to `path` only if the block succeeds."""
+    """Yield a temporary path beside `path`; rename it to `path` only if the block succeeds.
+
+    The temporary file's data is fsynced before the rename (else a power loss could leave the
+    final name pointing at an empty file) and the directory after it (else the rename could be
+    lost).
+    """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
@@ -39,11 +47,21 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are for the whole group
         os.replace(tmp, final)
+        _fsync_directory(final.parent)
     except BaseException as err:
         tmp.unlink(missing_ok=True)
         if isinstance(err, OSError):
             raise OSError(err.errno, f"could not write {final}: {err.strerror}") from err
         raise
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make the entries of `directory` (a rename into it) durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -8,8 +8,8 @@ names the file, the key path, the bad value and what is allowed.
 
 Two stable hashes identify cached work: `dense_key` (what determines the dense
 round 0 and its rewind points: data, model, training) and `recipe_key` (that plus
-pruning and rewinding). Only values that differ from a field's default enter a
-hash, so adding a knob with a default keeps old results valid.
+pruning and rewinding, or the Early-Bird search). Only values that differ from a
+field's default enter a hash, so adding a knob with a default keeps old results valid.
 """
 
 from __future__ import annotations
@@ -207,15 +207,16 @@ class ExperimentSpec:
 
     @cached_property
     def recipe_key(self) -> str:
-        return _hash(
-            {
-                "dataset": self.dataset,
-                "model": self.model,
-                "training": self.training,
-                "pruning": self.pruning,
-                "rewinding": self.rewinding,
-            }
-        )
+        parts = {
+            "dataset": self.dataset,
+            "model": self.model,
+            "training": self.training,
+            "pruning": self.pruning,
+            "rewinding": self.rewinding,
+        }
+        if self.earlybird is not None:  # only then: the keys of IMP experiments stay as they were
+            parts["earlybird"] = self.earlybird
+        return _hash(parts)
 
     def to_dict(self) -> dict[str, Any]:
         plain = json.loads(json.dumps(dataclasses.asdict(self)))

@@ -13,9 +13,11 @@ from typing import Any
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from lotto import data
-from lotto.spec import ExperimentSpec, resolve
+from lotto.spec import ExperimentSpec, TrainingSpec, resolve
+from lotto.train import BatchSchedule
 
 torch.set_num_threads(1)  # small models are fastest, and bit-for-bit repeatable, on one thread
 
@@ -73,3 +75,23 @@ def synthetic_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def splits(synthetic_data: Path) -> data.Splits:
     """The synthetic dataset loaded on the CPU with the tiny experiment's validation split."""
     return data.load(synthetic_data, val_size=VAL_SIZE)
+
+
+def train_by_hand(model: torch.nn.Module, splits: data.Splits, spec: TrainingSpec, *, seed: int,
+                  steps: int, start: int = 0) -> dict[str, torch.Tensor]:
+    """The weights after `steps` SGD-with-momentum updates written out by hand (torch.optim's
+    rule: v = momentum * v + grad, w -= lr * v), from schedule step `start`: at global step s,
+    the batch of (seed, s) at the rate spec.lr_at(s). The reference lotto's loops must match
+    (no L2, decay or mask)."""
+    assert (spec.optimizer, spec.nesterov, spec.weight_decay, spec.l2) == ("sgd", False, 0.0, 0.0)
+    params = list(model.parameters())
+    velocity = [torch.zeros_like(w) for w in params]
+    batches = BatchSchedule(splits, spec.batch_size, seed)
+    for step in range(start, start + steps):
+        x, y = batches.batch(step)
+        grads = torch.autograd.grad(F.cross_entropy(model(x), y), params)
+        with torch.no_grad():
+            for w, v, g in zip(params, velocity, grads, strict=True):
+                v.mul_(spec.momentum).add_(g)
+                w.sub_(spec.lr_at(step) * v)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}

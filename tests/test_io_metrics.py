@@ -60,6 +60,33 @@ def test_metrics_writer_dying_midway_leaves_no_file(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_data_is_fsynced_before_the_rename_and_the_directory_after_it(tmp_path, monkeypatch):
+    """The order that makes a write survive a power loss: the new file's data on disk before
+    its name replaces the old one (else the final name may point at an empty file), then the
+    directory, which holds the rename (else the rename itself may be lost)."""
+    target = tmp_path / "result.bin"
+    io.write_bytes(target, b"old")
+    calls = []  # (what, inode, bytes in the file then)
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        info = os.fstat(fd)
+        calls.append(("fsync", info.st_ino, info.st_size))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        calls.append(("replace", os.stat(src).st_ino, os.stat(src).st_size))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    io.write_bytes(target, b"new content")
+    names = {target.stat().st_ino: "new file", tmp_path.stat().st_ino: "directory"}
+    seen = [f"{what} {names.get(inode, 'other')}" for what, inode, _ in calls]
+    assert seen == ["fsync new file", "replace new file", "fsync directory"]
+    assert calls[0][2] == len(b"new content")  # fsynced once written, not while still empty
+
+
 def test_write_json_is_sorted_and_complete(tmp_path):
     io.write_json(tmp_path / "spec.json", {"b": 1, "a": [1, 2]})
     assert (tmp_path / "spec.json").read_text() == '{\n  "a": [\n    1,\n    2\n  ],\n  "b": 1\n}\n'

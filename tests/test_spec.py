@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
+from typing import Any
 
 import pytest
 from conftest import tiny_doc, tiny_spec
@@ -323,6 +325,129 @@ def test_a_new_knob_at_its_default_keeps_both_hashes():
     assert (same.dense_key, same.recipe_key) == (spec.dense_key, spec.recipe_key)
     changed = dataclasses.replace(same, training=dataclasses.replace(same.training, new_knob=1.0))
     assert changed.dense_key != spec.dense_key
+
+
+# Every field of the spec, walked recursively, either changes the identity that decides whether
+# its work re-runs, or is listed in NOT_IN_IDENTITY with the reason. Which identity, by section:
+# - dataset, model, training: `dense_key`, the directory of round 0 (results/dense/<key>/), shared
+#   by experiments that differ only after it; `recipe_key` includes it, so it changes too.
+# - pruning (with mask_training), rewinding, earlybird: `recipe_key`, the experiment's rounds;
+#   `dense_key` must stay, or a pruning setting would re-train round 0.
+# - the experiment's own fields (name, seeds, ...): in neither; each is listed with its reason.
+IDENTITY_OF_SECTION = {"dataset": "dense_key", "model": "dense_key", "training": "dense_key",
+                       "pruning": "recipe_key", "rewinding": "recipe_key",
+                       "earlybird": "recipe_key"}
+
+# Reviewed: fields outside both hashes, with why. (training.checkpoint_every, device and
+# cuda_graph are still written in the spec files jobs read, so under Snakemake's default rerun
+# triggers changing one re-runs those jobs anyway; with --rerun-triggers mtime it does not.)
+NOT_IN_IDENTITY = {
+    "name": "the results directory itself: another name is another experiment",
+    "seeds": "each seed has its own directories; adding one adds jobs, re-runs none",
+    "branches": "each branch has its own directory; adding one adds jobs, re-runs none",
+    "description": "text for people",
+    "transfer_from": "the transfer branch takes the source's files as inputs, which re-run it",
+    "dataset.root": "where the raw files are read from, not which data",
+    "dataset.download": "whether torchvision may fetch missing raw files",
+    "training.checkpoint_every": "in-round resume cadence; a resumed round equals an uninterrupted one",
+    "training.device": "where the job runs, not what it computes",
+    "training.vectorize_seeds": "seeds trained together equal separate runs (lotto.vmap)",
+    "training.cuda_graph": "how a GPU launches the step, not what it computes",
+}
+
+# For every field, another value its key allows (the schema's choices and ranges). The values
+# are set one at a time with dataclasses.replace, not resolved together: a hash sees values only.
+CHANGED_VALUE = {
+    "name": "other", "seeds": (0, 1), "branches": ("reinit",), "description": "a note",
+    "transfer_from": "source",
+    "dataset.name": "fashion_mnist", "dataset.root": "/elsewhere", "dataset.download": True,
+    "dataset.val_size": 100, "dataset.labels": (0, 4), "dataset.half": 1, "dataset.augment": True,
+    "dataset.synthetic": (("n_test", 500), ("n_train", 3000), ("num_classes", 10), ("seed", 0),
+                          ("shape", (1, 8, 8))),
+    "model.name": "lenet5", "model.dropout": 0.5, "model.width": 2.0, "model.bn_momentum": 0.01,
+    "model.bn_eps": 1e-3,
+    "training.optimizer": "sgd", "training.lr": 0.01, "training.batch_size": 30,
+    "training.duration": 80, "training.momentum": 0.9, "training.nesterov": True,
+    "training.weight_decay": 1e-4, "training.l2": 1e-4, "training.bn_l1": 1e-4,
+    "training.milestones": (30,), "training.gamma": 0.5, "training.warmup": 10,
+    "training.eval_every": 10, "training.divergence_loss": 100.0, "training.precision": "bf16",
+    "training.checkpoint_every": 20, "training.device": "auto", "training.vectorize_seeds": True,
+    "training.cuda_graph": False,
+    "pruning.criterion": "magnitude", "pruning.scope": "global", "pruning.rounds": 3,
+    "pruning.rate": 0.2, "pruning.rates": (("fc", 0.5), ("output", 0.25)),
+    "pruning.exclude": ("5",),
+    "pruning.mask_training.pretrain": 12, "pruning.mask_training.steps": 60,
+    "pruning.mask_training.lr": 2.0, "pruning.mask_training.init": 1.0,
+    "pruning.mask_training.penalty": "l2", "pruning.mask_training.penalty_coef": 1e-3,
+    "pruning.mask_training.grad_clip": 1.0, "pruning.mask_training.logit_clip": 10.0,
+    "rewinding.weights": "final", "rewinding.step": 10, "rewinding.back": 0.5,
+    "rewinding.lr": "final", "rewinding.retrain": 30,
+    "earlybird.ratios": (0.3, 0.7), "earlybird.epsilon": 0.2, "earlybird.window": 4,
+    "earlybird.slimming": 1e-3, "earlybird.record_every": 8, "earlybird.stop_at_draw": False,
+    "earlybird.draw_epochs": (2,), "earlybird.precision": "int8sim", "earlybird.retrain": ("ff",),
+    "earlybird.baselines": ("lt_oneshot",),
+}
+
+
+def spec_fields(cls: type = ExperimentSpec, prefix: str = "") -> list[str]:
+    """Dotted paths of every field, descending into nested specs (also optional ones)."""
+    hints = typing.get_type_hints(cls)
+    paths = []
+    for f in dataclasses.fields(cls):
+        kinds = typing.get_args(hints[f.name]) or (hints[f.name],)
+        nested = [k for k in kinds if dataclasses.is_dataclass(k)]
+        paths += spec_fields(nested[0], f"{prefix}{f.name}.") if nested else [prefix + f.name]
+    return paths
+
+
+def field_value(spec: Any, path: str) -> Any:
+    for name in path.split("."):
+        spec = getattr(spec, name)
+    return spec
+
+
+def with_value(spec: Any, path: str, value: Any) -> Any:
+    name, _, rest = path.partition(".")
+    inner = with_value(getattr(spec, name), rest, value) if rest else value
+    return dataclasses.replace(spec, **{name: inner})
+
+
+def base_spec_for(path: str) -> ExperimentSpec:
+    """The tiny experiment with every optional section its field needs."""
+    if path.startswith("earlybird."):
+        return tiny_spec(dataset={"synthetic": {"shape": [3, 16, 16]}},
+                         model={"name": "vgg11", "width": 0.125}, pruning=None,
+                         earlybird={"ratios": [0.3, 0.5], "window": 3, "epsilon": 0.5})
+    return tiny_spec(pruning={"criterion": "optimal_mask"})
+
+
+def test_the_field_tables_name_only_fields_of_the_spec():
+    fields = set(spec_fields())
+    assert set(CHANGED_VALUE) - fields == set(), "stale entries in CHANGED_VALUE"
+    assert set(NOT_IN_IDENTITY) - fields == set(), "stale entries in NOT_IN_IDENTITY"
+
+
+@pytest.mark.parametrize("path", spec_fields())
+def test_every_field_changes_its_identity_or_is_listed_as_not_part_of_it(path):
+    """A new field cannot slip out of the hashes unnoticed: it fails here until it has a value
+    in CHANGED_VALUE and changes its section's key, or is in NOT_IN_IDENTITY with a reason."""
+    assert path in CHANGED_VALUE, (
+        f"new spec field {path!r}: add another valid value for it to CHANGED_VALUE; if changing "
+        "it must stay out of the hashes, also add it to NOT_IN_IDENTITY with the reason"
+    )
+    base = base_spec_for(path)
+    changed = with_value(base, path, CHANGED_VALUE[path])
+    assert field_value(changed, path) != field_value(base, path)
+    keys = {key: (getattr(base, key), getattr(changed, key)) for key in ("dense_key", "recipe_key")}
+    if path in NOT_IN_IDENTITY:
+        assert all(old == new for old, new in keys.values()), f"{path} changed {keys}"
+        return
+    identity = IDENTITY_OF_SECTION[path.split(".")[0]]
+    old, new = keys[identity]
+    assert old != new, f"changing {path} leaves {identity} at {old}: its work would not re-run"
+    assert keys["recipe_key"][0] != keys["recipe_key"][1]
+    if identity == "recipe_key":
+        assert keys["dense_key"][0] == keys["dense_key"][1], f"{path} would re-train round 0"
 
 
 def test_every_registered_model_resolves_or_names_its_problem():

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_spec
+from conftest import tiny_spec, train_by_hand
 from torch import nn
 
 from lotto import masks, prune
@@ -92,6 +92,38 @@ def test_lr_column_follows_the_schedule_offset_and_constant_mode(splits):
                      constant_lr=True)
     assert {row["lr"] for row in constant.rows} == {spec.lr_at(spec.duration)}
     assert max(row["step"] for row in constant.rows) == 10
+
+
+# a warm-up over global steps 0-5 and a decay at step 9, both inside the 12-step runs below
+SCHEDULE = {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "warmup": 6, "milestones": [9],
+            "gamma": 0.1, "duration": 20, "eval_every": 5}
+
+
+@pytest.mark.parametrize("start", [0, 3])
+def test_optimizer_steps_at_the_rate_of_the_schedule_for_its_step(splits, start):
+    """Each step uses lr_at(its global step), as the update written out by hand does; the
+    `lr` column is computed apart, so only this comparison sees a rate one step off."""
+    spec = tiny_spec(training=SCHEDULE).training
+    assert len({spec.lr_at(s) for s in range(start, start + 12)}) >= 4  # the schedule moves
+    model = lenet()
+    train(model, splits, spec, mask=masks.ones(model), seed=2, steps=12, start=start)
+    expected = train_by_hand(lenet(), splits, spec, seed=2, steps=12, start=start)
+    for key, value in expected.items():
+        torch.testing.assert_close(model.state_dict()[key], value, rtol=0, atol=1e-6,
+                                   msg=lambda m, key=key: f"{key}: {m}")
+
+
+def test_a_length_not_a_multiple_of_eval_every_ends_with_an_evaluation_of_the_final_weights(splits):
+    """25 steps at eval_every 10: rows at 0, 10, 20 and 25, the last of the weights returned."""
+    spec = tiny_spec(training={"eval_every": 10}).training
+    model = lenet()
+    result = train(model, splits, spec, mask=masks.ones(model), seed=0, steps=25)
+    assert [(r["step"], r["split"]) for r in result.rows] == [(0, "val"), (0, "test")] + [
+        (step, split) for step in (10, 20, 25) for split in ("train", "val", "test")
+    ]
+    final = {r["split"]: r for r in result.rows if r["step"] == 25}
+    loss, accuracy = evaluate(model, splits.test_x, splits.test_y)
+    assert (final["test"]["loss"], final["test"]["accuracy"]) == (loss, accuracy)
 
 
 def test_batch_order_depends_only_on_seed_and_global_step(splits):

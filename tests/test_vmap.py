@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_spec
+from conftest import tiny_spec, train_by_hand
 
 from lotto import masks, prune
 from lotto.models import create_model
 from lotto.spec import PruningSpec
-from lotto.train import train
+from lotto.train import evaluate, train
 from lotto.vmap import check_vectorisable, train_seeds
 
 
@@ -62,6 +62,42 @@ def test_each_seed_matches_its_separate_run(splits, training):
             assert b["accuracy"] == pytest.approx(a["accuracy"], abs=1 / len(splits.test_y))
     # the seeds really trained differently (a vectorisation that mixed them would not)
     assert not torch.allclose(together[0].state["1.weight"], together[1].state["1.weight"])
+
+
+def test_each_seed_steps_at_the_rate_of_the_schedule_for_its_step(splits):
+    """As for lotto.train.train: with a warm-up and a decay inside the run, every seed's weights
+    are those of SGD written out by hand at lr_at(global step), from schedule step 3."""
+    spec = tiny_spec(training={"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "warmup": 6,
+                               "milestones": [9], "duration": 20, "eval_every": 5}).training
+    seeds = [3, 8]
+    together = train_seeds([lenet(s) for s in seeds], splits, spec,
+                           masks=[masks.ones(lenet(s)) for s in seeds], seeds=seeds, steps=12,
+                           start=3)
+    for seed, result in zip(seeds, together, strict=True):
+        expected = train_by_hand(lenet(seed), splits, spec, seed=seed, steps=12, start=3)
+        for key, value in expected.items():
+            torch.testing.assert_close(result.state[key], value, rtol=0, atol=1e-6,
+                                       msg=lambda m, key=key: f"{key}: {m}")
+
+
+def test_a_length_not_a_multiple_of_eval_every_ends_with_an_evaluation_of_the_final_weights(splits):
+    """25 steps at eval_every 10: each seed has rows at 0, 10, 20 and 25, the last of its final
+    weights."""
+    spec = tiny_spec(training={"eval_every": 10}).training
+    seeds = [3, 8]
+    together = train_seeds([lenet(s) for s in seeds], splits, spec,
+                           masks=[masks.ones(lenet(s)) for s in seeds], seeds=seeds, steps=25)
+    for result in together:
+        assert [(r["step"], r["split"]) for r in result.rows] == [(0, "val"), (0, "test")] + [
+            (step, split) for step in (10, 20, 25) for split in ("train", "val", "test")
+        ]
+        model = lenet(0)
+        model.load_state_dict(result.state)
+        loss, accuracy = evaluate(model, splits.test_x, splits.test_y)
+        final_test = result.rows[-1]
+        assert final_test["split"] == "test"
+        assert final_test["loss"] == pytest.approx(loss, rel=1e-5)
+        assert final_test["accuracy"] == pytest.approx(accuracy, abs=1 / len(splits.test_y))
 
 
 @pytest.mark.parametrize(
