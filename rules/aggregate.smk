@@ -58,8 +58,9 @@ rule html_report:
     input:
         specs=expand("results/{experiment}/spec.json", experiment=EXPERIMENTS),
         figures=figure_targets(),
-        tables=expand("results/tables/{experiment}.html", experiment=imp_experiments()),
-        benchmarks=[b for e in imp_experiments() for b in experiment_benchmarks(e)],
+        tables=expand("results/tables/{experiment}.html", experiment=imp_experiments())
+        + eb_table_targets(),
+        benchmarks=report_benchmarks(),
     output:
         "results/report.html",
     log:

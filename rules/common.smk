@@ -286,16 +286,34 @@ def eb_summaries(experiment):
     ]
 
 
-def eb_targets():
+EB_FIGURE_KINDS = ["accuracy", "distances", "flops"]  # the paper's Fig. 1, 3 and 5
+
+
+def eb_figure_targets():
     return [
-        path
+        f"results/figures/{e}/eb_{kind}.png"
         for e in EB_EXPERIMENTS
-        for path in (
+        for kind in EB_FIGURE_KINDS
+    ]
+
+
+def eb_table_targets():
+    return [f"results/tables/{e}-eb.md" for e in EB_EXPERIMENTS]
+
+
+def eb_benchmarks(experiment):
+    """Benchmark files of an Early-Bird experiment: each seed's search and every retraining."""
+    spec = EXPERIMENTS[experiment]
+    return [
+        f"results/benchmarks/{experiment}/eb/seed{seed}/{job}.tsv"
+        for seed in spec.seeds
+        for job in (
+            "search",
             *(
-                f"results/figures/{e}/eb_{kind}.png"
-                for kind in ("accuracy", "distances", "flops")
+                f"{_earlybird.ratio_label(ratio)}-{ticket}-{mode}"
+                for ratio in spec.earlybird.ratios
+                for ticket, mode in _earlybird.retrain_jobs(spec)
             ),
-            f"results/tables/{e}-eb.md",
         )
     ]
 
@@ -334,14 +352,23 @@ def experiment_benchmarks(experiment):
 
 
 def figure_targets():
+    """IMP experiments' lottery-ticket figures, Early-Bird experiments' own figures."""
     return [
-        f"results/figures/{e}/{kind}.png" for e in EXPERIMENTS for kind in FIGURE_KINDS
-    ]
+        f"results/figures/{e}/{kind}.png"
+        for e in imp_experiments()
+        for kind in FIGURE_KINDS
+    ] + eb_figure_targets()
 
 
 def table_targets():
     return [
         f"results/tables/{e}.{ext}"
-        for e in EXPERIMENTS
+        for e in imp_experiments()
         for ext in ("md", "tex", "html")
+    ] + eb_table_targets()
+
+
+def report_benchmarks():
+    return [b for e in imp_experiments() for b in experiment_benchmarks(e)] + [
+        b for e in EB_EXPERIMENTS for b in eb_benchmarks(e)
     ]
