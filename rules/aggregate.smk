@@ -59,7 +59,7 @@ rule html_report:
         specs=expand("results/{experiment}/spec.json", experiment=EXPERIMENTS),
         figures=figure_targets(),
         tables=expand("results/tables/{experiment}.html", experiment=imp_experiments())
-        + eb_table_targets(),
+        + expand("results/tables/{experiment}-eb.html", experiment=EB_EXPERIMENTS),
         benchmarks=report_benchmarks(),
     output:
         "results/report.html",

@@ -10,7 +10,7 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from lotto.spec import PruningSpec, RewindingSpec, SpecError, load_experiment
-from lotto import earlybird as _earlybird
+from lotto import eb_plan
 from lotto.optimal_masks import LOGITS_FILE
 from lotto.rounds import LOCAL_BRANCHES, start_point
 
@@ -266,7 +266,7 @@ def eb_seed_dir(experiment, seed):
 def eb_ratio(experiment, label):
     """The ratio a 'p30' wildcard names, refused when the experiment does not search it."""
     ratios = {
-        _earlybird.ratio_label(r): r for r in EXPERIMENTS[experiment].earlybird.ratios
+        eb_plan.ratio_label(r): r for r in EXPERIMENTS[experiment].earlybird.ratios
     }
     if label not in ratios:
         raise ValueError(
@@ -279,10 +279,9 @@ def eb_summaries(experiment):
     """summary.json of every retraining the experiment asks for, all seeds and ratios."""
     spec = EXPERIMENTS[experiment]
     return [
-        f"{eb_seed_dir(experiment, seed)}/{_earlybird.ratio_label(ratio)}/{ticket}-{mode}/summary.json"
+        f"{eb_seed_dir(experiment, seed)}/{name}/summary.json"
         for seed in spec.seeds
-        for ratio in spec.earlybird.ratios
-        for ticket, mode in _earlybird.retrain_jobs(spec)
+        for name in eb_plan.retrainings(spec)
     ]
 
 
@@ -298,7 +297,10 @@ def eb_figure_targets():
 
 
 def eb_table_targets():
-    return [f"results/tables/{e}-eb.md" for e in EB_EXPERIMENTS]
+    """Table 2's shape: Markdown, and the HTML fragment the report shows."""
+    return [
+        f"results/tables/{e}-eb.{ext}" for e in EB_EXPERIMENTS for ext in ("md", "html")
+    ]
 
 
 def eb_benchmarks(experiment):
@@ -310,9 +312,9 @@ def eb_benchmarks(experiment):
         for job in (
             "search",
             *(
-                f"{_earlybird.ratio_label(ratio)}-{ticket}-{mode}"
+                f"{eb_plan.ratio_label(ratio)}-{ticket}-{mode}"
                 for ratio in spec.earlybird.ratios
-                for ticket, mode in _earlybird.retrain_jobs(spec)
+                for ticket, mode in eb_plan.retrain_jobs(spec)
             ),
         )
     ]

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from lotto import data, earlybird, flops, io, models, structured
+from lotto import data, earlybird, eb_plan, flops, io, models, structured
 from lotto.spec import SpecError, resolve
 
 torch.set_num_threads(1)
@@ -212,7 +212,7 @@ def test_earlybird_section_resolves_and_round_trips():
     assert eb.record_every == 4 and eb.draw_epochs == (2, 10)  # 200 examples / 50 per batch
     assert eb.slimming == 1e-4 and eb.retrain == ("ff", "reinit")
     assert type(spec).from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
-    assert earlybird.ticket_labels(spec) == ["eb", "e2", "final"]
+    assert eb_plan.ticket_labels(spec) == ["eb", "e2", "final"]
 
 
 def test_specs_without_earlybird_keep_their_old_json():
