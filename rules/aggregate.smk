@@ -5,6 +5,8 @@ rule collect:
         "results/{experiment}/metrics.parquet",
     log:
         "results/logs/{experiment}/collect.log",
+    wildcard_constraints:
+        experiment=_names(imp_experiments()),  # Early-Bird ones: rules/earlybird.smk
     conda:
         "../envs/lotto.yaml"
     shell:
