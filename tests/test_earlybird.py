@@ -316,6 +316,7 @@ def test_eb_train_refuses_a_ratio_that_was_not_searched(eb_data, tmp_path):
 # ---------------------------------------------------------------- through Snakemake
 
 
+@pytest.mark.workflow
 def test_default_target_runs_search_retrainings_figures_table_and_report(tmp_path):
     """A tiny Early-Bird experiment through `snakemake` with no target (~40 s): the search, each
     retraining, Fig. 1/3/5 and the table, the report showing them; no IMP job; status lists all."""

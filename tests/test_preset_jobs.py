@@ -29,6 +29,8 @@ from lotto import eb_plan
 from lotto.rounds import LOCAL_BRANCHES, start_point
 from lotto.spec import ExperimentSpec, load_experiment
 
+pytestmark = pytest.mark.workflow
+
 PRESETS = sorted(p.stem for p in (REPO / "config" / "experiments").glob("*.yaml"))
 IMP_FIGURE_KINDS = ("accuracy", "early_stop", "curves")
 
