@@ -233,7 +233,7 @@ def cmd_eb_figures(args: argparse.Namespace) -> None:
     eb_figures.accuracy_vs_epoch(summaries, searches, out / "eb_accuracy.png", title=args.title)
     eb_figures.distance_matrices(searches, out / "eb_distances.png", title=args.title)
     eb_figures.flops_vs_epoch(summaries, out / "eb_flops.png", title=args.title)
-    eb_figures.write_table(summaries, searches, args.table)
+    eb_figures.write_table(summaries, searches, args.table, args.table_html, title=args.title)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -350,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--summaries", nargs="+", required=True, help="summary.json of each retraining")
     p.add_argument("--out-dir", required=True, help="folder of the eb_*.png figures")
     p.add_argument("--table", required=True, help="Markdown table output")
+    p.add_argument("--table-html", help="the table as an HTML fragment for the report")
     p.add_argument("--title")
 
     p = verb("boxes", cmd_boxes, "box plots of test accuracy over seeds per density (PNG and PDF)")

@@ -42,8 +42,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lotto import flops, io, masks, metrics, prune, structured
+from lotto.eb_plan import (
+    must_train_to_end,
+    ratio_label,
+    settings,
+    ticket_epoch,
+    ticket_labels,
+    total_epochs,
+)
 from lotto.rounds import derived_seed, load_data
-from lotto.spec import EarlyBirdSpec, ExperimentSpec, PruningSpec, build_model
+from lotto.spec import ExperimentSpec, PruningSpec, build_model
 from lotto.train import resolve_device, train
 
 PRECISIONS = ("fp32", "bf16", "int8sim")
@@ -52,11 +60,6 @@ CHECK_BATCH = 64
 
 
 # --- channel masks, distances, draw ---------------------------------------------------------
-
-
-def ratio_label(ratio: float) -> str:
-    """'p30' for 0.3: how files and JSON keys name a pruning ratio."""
-    return f"p{round(ratio * 100):d}"
 
 
 def channel_scores(model: nn.Module) -> Tensor:
@@ -166,57 +169,13 @@ def set_precision_(model: nn.Module, precision: str) -> None:
 # --- the search -----------------------------------------------------------------------------
 
 
-def _eb(spec: ExperimentSpec) -> EarlyBirdSpec:
-    if spec.earlybird is None:
-        raise ValueError(f"experiment {spec.name!r} has no earlybird section")
-    return spec.earlybird
-
-
-def total_epochs(spec: ExperimentSpec) -> int:
-    eb = _eb(spec)
-    return spec.training.duration // eb.record_every
-
-
-def must_train_to_end(spec: ExperimentSpec) -> bool:
-    """The final ticket, the baselines or stop_at_draw: false need the whole dense training."""
-    eb = _eb(spec)
-    return not eb.stop_at_draw or bool(eb.baselines) or total_epochs(spec) in eb.draw_epochs
-
-
-def ticket_labels(spec: ExperimentSpec) -> list[str]:
-    """Tickets saved per ratio: 'eb' (the draw), 'e<n>' per draw epoch, 'final' for the last
-    epoch (a draw epoch, or the network-slimming baseline's starting point)."""
-    eb, epochs = _eb(spec), total_epochs(spec)
-    labels = ["eb", *("final" if e == epochs else f"e{e}" for e in eb.draw_epochs)]
-    if eb.baselines and "final" not in labels:
-        labels.append("final")
-    return labels
-
-
-def ticket_epoch(spec: ExperimentSpec, label: str) -> int:
-    """The epoch of a fixed ticket label ('e<n>' or 'final')."""
-    return total_epochs(spec) if label == "final" else int(label.removeprefix("e"))
-
-
-def retrain_jobs(spec: ExperimentSpec) -> list[tuple[str, str]]:
-    """(ticket, mode) retrainings per ratio: every ticket x retrain mode, plus the baselines
-    (network slimming = the final ticket retrained from its weights)."""
-    eb = _eb(spec)
-    jobs = [(label, mode) for label in ticket_labels(spec) for mode in eb.retrain]
-    if "slimming" in eb.baselines and ("final", "ff") not in jobs:
-        jobs.append(("final", "ff"))
-    if "lt_oneshot" in eb.baselines:
-        jobs.append(("final", "lt_oneshot"))
-    return list(dict.fromkeys(jobs))
-
-
 def _ticket_file(search_dir: Path, ratio: float, label: str) -> Path:
     return search_dir / "tickets" / f"{ratio_label(ratio)}_{label}.pt"
 
 
 def ticket_files(spec: ExperimentSpec, search_dir: str | Path) -> list[Path]:
     """Every ticket file the search writes."""
-    return [_ticket_file(Path(search_dir), r, label) for r in _eb(spec).ratios for label in ticket_labels(spec)]
+    return [_ticket_file(Path(search_dir), r, label) for r in settings(spec).ratios for label in ticket_labels(spec)]
 
 
 def _new_model(spec: ExperimentSpec, init_seed: int, device: torch.device) -> nn.Module:
@@ -238,7 +197,7 @@ class SearchOutcome:
 def search(spec: ExperimentSpec, data_path: str | Path, seed: int, out: str | Path) -> SearchOutcome:
     """Train the dense model with network slimming, record channel masks every epoch, draw the
     tickets, and write the files listed in the module docstring into `out`."""
-    eb, out = _eb(spec), Path(out)
+    eb, out = settings(spec), Path(out)
     device = resolve_device(spec.training.device)
     splits = load_data(spec, data_path, device)
     model = _new_model(spec, seed, device)
@@ -341,7 +300,7 @@ def retrain(spec: ExperimentSpec, data_path: str | Path, seed: int, search_dir: 
     ticket 'final'); write checkpoint, mask, metrics and summary.json into `out`."""
     if mode not in RETRAIN_MODES:
         raise ValueError(f"unknown retrain mode {mode!r}; choose one of: {', '.join(RETRAIN_MODES)}")
-    eb, search_dir, out = _eb(spec), Path(search_dir), Path(out)
+    eb, search_dir, out = settings(spec), Path(search_dir), Path(out)
     if ratio not in eb.ratios:
         raise ValueError(f"ratio {ratio} is not searched; choose one of: {', '.join(map(str, eb.ratios))}")
     device = resolve_device(spec.training.device)

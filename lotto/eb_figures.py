@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 
 from lotto import io
 from lotto.figures import DPI, MARKERS, STYLE, save
+from lotto.tables import template_environment
 
 METHODS = (
     ("EB Train (FF)", "eb", "ff"),
@@ -31,6 +32,23 @@ METHODS = (
     ("Network slimming", "final", "ff"),
 )
 MODE_STYLE = {"ff": "-", "reinit": ":"}
+# Shown under each figure in the HTML report (lotto.report), keyed by the file's stem.
+CAPTIONS = {
+    "eb_accuracy": (
+        "Fig. 1 of You et al. (2020): test accuracy of each ticket retrained with the full schedule "
+        "vs the search epoch it was drawn at, per pruning ratio p; solid: retrained from the drawn "
+        "weights (FF), dotted: re-initialised; stars: the Early-Bird draw; dashed: the dense model."
+    ),
+    "eb_distances": (
+        "Fig. 3: distance between the channel masks of every two search epochs (the fraction of "
+        "channels that differ), one panel per p; red: the epoch at which the last `window` masks "
+        "were all within epsilon and the ticket was drawn."
+    ),
+    "eb_flops": (
+        "Fig. 5: total training FLOPs (the search up to the draw, plus retraining the pruned "
+        "network) vs the epoch the ticket is drawn at; dashed: full dense training plus retraining."
+    ),
+}
 
 
 def read_searches(paths: list[str | Path]) -> list[dict]:
@@ -176,15 +194,26 @@ HEADERS = {
 }
 
 
-def write_table(summaries: pd.DataFrame, searches: list[dict], out: str | Path) -> str:
-    """Table 2's shape as Markdown; returns the text written."""
-    rows = table_rows(summaries, searches)
-    lines = ["| " + " | ".join(HEADERS.values()) + " |", "|" + "---|" * len(HEADERS)]
-    lines += ["| " + " | ".join(str(row[key]) for key in HEADERS) + " |" for row in rows]
-    note = ("\nOne-shot LT: unstructured global magnitude pruning of the final dense weights at "
-            "rate p, retrained from theta_0 (its FLOPs count dense kernels). Network slimming: the "
-            "final dense model's channels pruned at p, retrained from its weights. Training FLOPs "
-            "are analytic (conv + linear, backward = 2x forward).\n")
-    text = "\n".join(lines) + "\n" + note
-    io.write_text(out, text)
-    return text
+TABLE_NOTE = (
+    "Mean over seeds (± std when there are several). One-shot LT: unstructured global magnitude "
+    "pruning of the final dense weights at rate p, retrained from theta_0 (its FLOPs count dense "
+    "kernels). Network slimming: the final dense model's channels pruned at p, retrained from its "
+    "weights. Training FLOPs are analytic (conv + linear, backward = 2x forward)."
+)
+
+
+def write_table(summaries: pd.DataFrame, searches: list[dict], out: str | Path,
+                out_html: str | Path | None = None, title: str | None = None) -> str:
+    """Table 2's shape in Markdown (and as an HTML fragment for the report when asked), from the
+    package's table templates; returns the Markdown written."""
+    rows = [{"cells": [str(row[key]) for key in HEADERS], "group_start": False}
+            for row in table_rows(summaries, searches)]
+    caption = f"{title + ': ' if title else ''}Early-Bird tickets against the dense model. {TABLE_NOTE}"
+    environment = template_environment()
+    texts = {}
+    for path, template in ((out, "table.md.j2"), (out_html, "table.html.j2")):
+        if path is not None:
+            texts[template] = environment.get_template(template).render(
+                header=list(HEADERS.values()), rows=rows, caption=caption, numeric_from=2)
+            io.write_text(path, texts[template])
+    return texts["table.md.j2"]

@@ -5,7 +5,8 @@ Figures are linked by paths relative to the report, never absolute, so the whole
 folder can be moved or copied and the report still shows them. A figure or table belongs to
 an experiment when the experiment's name is one of its folders, its file stem, or the start
 of its stem followed by '_', '-' or '.' (the longest such name wins); the rest go into a
-section of comparisons across experiments.
+section of comparisons across experiments. A figure whose file stem has a caption in
+lotto.eb_figures.CAPTIONS (the Early-Bird figures) shows it under its name.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from urllib.parse import quote
 import pandas as pd
 
 from lotto import __version__, io
+from lotto.eb_figures import CAPTIONS
 from lotto.tables import template_environment
 
 VERSIONED_PACKAGES = ("torch", "torchvision", "numpy", "pandas", "matplotlib", "snakemake")
@@ -129,7 +131,7 @@ def write_report(
         pdf = path.with_suffix(".pdf")
         section["figures"].append(
             {"src": _relative_url(path, base), "pdf": _relative_url(pdf, base) if pdf.exists() else None,
-             "name": path.stem}
+             "name": path.stem, "caption": CAPTIONS.get(path.stem, "")}
         )
     for path in map(Path, tables):
         _require(path, "table")

@@ -7,6 +7,10 @@ round 0 (shared, in `results/dense/<dense_key>/seed<S>/`), the pruned rounds 1..
 `round<R>/<branch>/`. A training is done when its metrics.parquet exists, in progress when
 its folder exists without one (a running or interrupted job; resume.pt holds its progress),
 and pending otherwise.
+
+An Early-Bird experiment (an `earlybird` section) has no rounds: per seed, its search in
+`results/<experiment>/eb/seed<S>/search/` and each retraining in `.../<ratio>/<ticket>-<mode>/`
+(lotto.eb_plan), listed by ratio and retraining instead of round and branch.
 """
 
 from __future__ import annotations
@@ -15,22 +19,25 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from lotto import io, metrics
+from lotto import eb_plan, io, metrics
 from lotto.spec import ExperimentSpec
 
 HEADER = ("seed", "round", "branch", "state", "density", "acc@stop", "acc@final", "note")
+EB_HEADER = ("seed", "ratio", "retraining", *HEADER[3:])
 
 
 @dataclass(frozen=True)
 class Training:
     seed: int
-    round: int
-    branch: str
+    round: int | str  # Early-Bird: 'search' or the ratio ('p30')
+    branch: str  # Early-Bird: 'dense' (the search) or '<ticket>-<mode>'
     directory: Path
 
 
 def expected_trainings(spec: ExperimentSpec, results: Path) -> list[Training]:
     """Every training the workflow runs for `spec`, in chain order."""
+    if spec.earlybird is not None:
+        return _earlybird_trainings(spec, results)
     out = []
     for seed in spec.seeds:
         out.append(Training(seed, 0, "main", results / "dense" / spec.dense_key / f"seed{seed}"))
@@ -38,6 +45,17 @@ def expected_trainings(spec: ExperimentSpec, results: Path) -> list[Training]:
             round_dir = results / spec.name / f"seed{seed}" / f"round{round_}"
             out.append(Training(seed, round_, "main", round_dir))
             out.extend(Training(seed, round_, branch, round_dir / branch) for branch in spec.branches)
+    return out
+
+
+def _earlybird_trainings(spec: ExperimentSpec, results: Path) -> list[Training]:
+    out = []
+    for seed in spec.seeds:
+        seed_dir = results / spec.name / "eb" / f"seed{seed}"
+        out.append(Training(seed, "search", "dense", seed_dir / "search"))
+        for name in eb_plan.retrainings(spec):
+            ratio, retraining = name.split("/")
+            out.append(Training(seed, ratio, retraining, seed_dir / name))
     return out
 
 
@@ -55,12 +73,26 @@ def training_state(training: Training) -> dict[str, str]:
             "density": f"{summary.density * 100:.3g}%",
             "acc@stop": f"{summary.early_stop_accuracy * 100:.2f}%",
             "acc@final": f"{summary.final_accuracy * 100:.2f}%",
-            "note": "diverged" if summary.status == "diverged" else "",
+            "note": "diverged" if summary.status == "diverged" else _earlybird_note(training.directory),
         }
     if training.directory.is_dir():
         resumable = (training.directory / "resume.pt").exists()
         return {**row, "state": "in progress", "note": "resume.pt saved" if resumable else ""}
     return row
+
+
+def _earlybird_note(directory: Path) -> str:
+    """Where an Early-Bird search drew its tickets, or which epoch a retrained ticket is from."""
+    for name in ("eb.json", "summary.json"):
+        try:
+            facts = json.loads((directory / name).read_text())
+        except (OSError, ValueError):
+            continue
+        if "draw_epoch" in facts:
+            draws = (f"{ratio}@{epoch if epoch is not None else 'none'}" for ratio, epoch in facts["draw_epoch"].items())
+            return f"drawn at epoch: {', '.join(draws)} of {facts['epochs_total']}"
+        return f"ticket of epoch {facts['epoch']}" + ("" if facts["drawn"] else " (never drawn: last mask)")
+    return ""
 
 
 def render(results: Path) -> str:
@@ -80,15 +112,22 @@ def _render_experiment(spec_file: Path, results: Path) -> str:
     for training in expected_trainings(spec, results):
         state = training_state(training)
         rows.append((str(training.seed), str(training.round), training.branch, *state.values()))
+    header = HEADER if spec.earlybird is None else EB_HEADER
     counts = {s: sum(r[3] == s for r in rows) for s in ("done", "in progress", "pending", "corrupt")}
     collected = (results / spec.name / "metrics.parquet").exists()
     title = (
         f"{spec.name}  (dense {spec.dense_key}; {spec.pruning.rounds} pruned rounds; "
         f"branches: {', '.join(spec.branches) or 'none'}; seeds: {', '.join(map(str, spec.seeds))})"
     )
+    if spec.earlybird is not None:
+        title = (
+            f"{spec.name}  (Early-Bird search and {len(eb_plan.retrainings(spec))} retrainings per seed; "
+            f"ratios: {', '.join(eb_plan.ratio_label(r) for r in spec.earlybird.ratios)}; "
+            f"seeds: {', '.join(map(str, spec.seeds))})"
+        )
     summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n) + f" of {len(rows)}"
     summary += "; collected table written" if collected else ""
-    return "\n".join([title, *_table([HEADER, *rows]), f"  {summary}"])
+    return "\n".join([title, *_table([header, *rows]), f"  {summary}"])
 
 
 def _table(rows: list[tuple[str, ...]]) -> list[str]:

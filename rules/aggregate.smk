@@ -5,6 +5,8 @@ rule collect:
         "results/{experiment}/metrics.parquet",
     log:
         "results/logs/{experiment}/collect.log",
+    wildcard_constraints:
+        experiment=_names(imp_experiments()),  # Early-Bird ones: rules/earlybird.smk
     conda:
         "../envs/lotto.yaml"
     shell:
@@ -58,8 +60,9 @@ rule html_report:
     input:
         specs=expand("results/{experiment}/spec.json", experiment=EXPERIMENTS),
         figures=figure_targets(),
-        tables=expand("results/tables/{experiment}.html", experiment=imp_experiments()),
-        benchmarks=[b for e in imp_experiments() for b in experiment_benchmarks(e)],
+        tables=expand("results/tables/{experiment}.html", experiment=imp_experiments())
+        + expand("results/tables/{experiment}-eb.html", experiment=EB_EXPERIMENTS),
+        benchmarks=report_benchmarks(),
     output:
         "results/report.html",
     log:

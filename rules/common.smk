@@ -10,7 +10,7 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from lotto.spec import PruningSpec, RewindingSpec, SpecError, load_experiment
-from lotto import earlybird as _earlybird
+from lotto import eb_plan
 from lotto.optimal_masks import LOGITS_FILE
 from lotto.rounds import LOCAL_BRANCHES, start_point
 
@@ -266,7 +266,7 @@ def eb_seed_dir(experiment, seed):
 def eb_ratio(experiment, label):
     """The ratio a 'p30' wildcard names, refused when the experiment does not search it."""
     ratios = {
-        _earlybird.ratio_label(r): r for r in EXPERIMENTS[experiment].earlybird.ratios
+        eb_plan.ratio_label(r): r for r in EXPERIMENTS[experiment].earlybird.ratios
     }
     if label not in ratios:
         raise ValueError(
@@ -279,23 +279,43 @@ def eb_summaries(experiment):
     """summary.json of every retraining the experiment asks for, all seeds and ratios."""
     spec = EXPERIMENTS[experiment]
     return [
-        f"{eb_seed_dir(experiment, seed)}/{_earlybird.ratio_label(ratio)}/{ticket}-{mode}/summary.json"
+        f"{eb_seed_dir(experiment, seed)}/{name}/summary.json"
         for seed in spec.seeds
-        for ratio in spec.earlybird.ratios
-        for ticket, mode in _earlybird.retrain_jobs(spec)
+        for name in eb_plan.retrainings(spec)
     ]
 
 
-def eb_targets():
+EB_FIGURE_KINDS = ["accuracy", "distances", "flops"]  # the paper's Fig. 1, 3 and 5
+
+
+def eb_figure_targets():
     return [
-        path
+        f"results/figures/{e}/eb_{kind}.png"
         for e in EB_EXPERIMENTS
-        for path in (
+        for kind in EB_FIGURE_KINDS
+    ]
+
+
+def eb_table_targets():
+    """Table 2's shape: Markdown, and the HTML fragment the report shows."""
+    return [
+        f"results/tables/{e}-eb.{ext}" for e in EB_EXPERIMENTS for ext in ("md", "html")
+    ]
+
+
+def eb_benchmarks(experiment):
+    """Benchmark files of an Early-Bird experiment: each seed's search and every retraining."""
+    spec = EXPERIMENTS[experiment]
+    return [
+        f"results/benchmarks/{experiment}/eb/seed{seed}/{job}.tsv"
+        for seed in spec.seeds
+        for job in (
+            "search",
             *(
-                f"results/figures/{e}/eb_{kind}.png"
-                for kind in ("accuracy", "distances", "flops")
+                f"{eb_plan.ratio_label(ratio)}-{ticket}-{mode}"
+                for ratio in spec.earlybird.ratios
+                for ticket, mode in eb_plan.retrain_jobs(spec)
             ),
-            f"results/tables/{e}-eb.md",
         )
     ]
 
@@ -334,14 +354,23 @@ def experiment_benchmarks(experiment):
 
 
 def figure_targets():
+    """IMP experiments' lottery-ticket figures, Early-Bird experiments' own figures."""
     return [
-        f"results/figures/{e}/{kind}.png" for e in EXPERIMENTS for kind in FIGURE_KINDS
-    ]
+        f"results/figures/{e}/{kind}.png"
+        for e in imp_experiments()
+        for kind in FIGURE_KINDS
+    ] + eb_figure_targets()
 
 
 def table_targets():
     return [
         f"results/tables/{e}.{ext}"
-        for e in EXPERIMENTS
+        for e in imp_experiments()
         for ext in ("md", "tex", "html")
+    ] + eb_table_targets()
+
+
+def report_benchmarks():
+    return [b for e in imp_experiments() for b in experiment_benchmarks(e)] + [
+        b for e in EB_EXPERIMENTS for b in eb_benchmarks(e)
     ]

@@ -75,10 +75,23 @@ rule eb_figures:
         ],
         summaries=lambda w: eb_summaries(w.experiment),
     output:
-        accuracy="results/figures/{experiment}/eb_accuracy.png",
-        distances="results/figures/{experiment}/eb_distances.png",
-        flops="results/figures/{experiment}/eb_flops.png",
+        accuracy=report(
+            "results/figures/{experiment}/eb_accuracy.png",
+            caption="../report/eb_figure.rst",
+            category="{experiment}",
+        ),
+        distances=report(
+            "results/figures/{experiment}/eb_distances.png",
+            caption="../report/eb_figure.rst",
+            category="{experiment}",
+        ),
+        flops=report(
+            "results/figures/{experiment}/eb_flops.png",
+            caption="../report/eb_figure.rst",
+            category="{experiment}",
+        ),
         table="results/tables/{experiment}-eb.md",
+        table_html="results/tables/{experiment}-eb.html",
     log:
         "results/logs/{experiment}/eb/figures.log",
     conda:
@@ -87,4 +100,5 @@ rule eb_figures:
         out_dir=lambda w, output: os.path.dirname(output.accuracy),
     shell:
         "python -m lotto eb-figures --searches {input.searches} --summaries {input.summaries} "
-        "--out-dir {params.out_dir} --table {output.table} --title {wildcards.experiment} > {log} 2>&1"
+        "--out-dir {params.out_dir} --table {output.table} --table-html {output.table_html} "
+        "--title {wildcards.experiment} > {log} 2>&1"

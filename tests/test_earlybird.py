@@ -1,10 +1,12 @@
 """Early-Bird tickets: mask distances and the FIFO draw, global channel masks, physical channel
-removal equal to BN masking, analytic FLOPs, and the search -> retrain path through the CLI."""
+removal equal to BN masking, analytic FLOPs, the search -> retrain path through the CLI, and a
+tiny experiment through Snakemake's default target."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,8 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
+from workflow_util import Workdir, rule_counts
 
-from lotto import data, earlybird, flops, io, models, structured
+from lotto import data, earlybird, eb_plan, flops, io, models, structured
 from lotto.spec import SpecError, resolve
 
 torch.set_num_threads(1)
@@ -212,7 +215,7 @@ def test_earlybird_section_resolves_and_round_trips():
     assert eb.record_every == 4 and eb.draw_epochs == (2, 10)  # 200 examples / 50 per batch
     assert eb.slimming == 1e-4 and eb.retrain == ("ff", "reinit")
     assert type(spec).from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
-    assert earlybird.ticket_labels(spec) == ["eb", "e2", "final"]
+    assert eb_plan.ticket_labels(spec) == ["eb", "e2", "final"]
 
 
 def test_specs_without_earlybird_keep_their_old_json():
@@ -308,3 +311,42 @@ def test_eb_train_refuses_a_ratio_that_was_not_searched(eb_data, tmp_path):
     done = lotto("eb-train", "--spec", spec_file, "--data", eb_data, "--seed", 0, "--search", tmp_path,
                  "--ratio", 0.9, "--ticket", "eb", "--mode", "ff", "--out", tmp_path / "x", cwd=tmp_path)
     assert done.returncode == 2 and "ratio 0.9 is not searched" in done.stderr, done.stderr
+
+
+# ---------------------------------------------------------------- through Snakemake
+
+
+@pytest.mark.workflow
+def test_default_target_runs_search_retrainings_figures_table_and_report(tmp_path):
+    """A tiny Early-Bird experiment through `snakemake` with no target (~40 s): the search, each
+    retraining, Fig. 1/3/5 and the table, the report showing them; no IMP job; status lists all."""
+    doc = eb_doc(ratios=[0.5], retrain=["ff"], baselines=["lt_oneshot"])
+    doc["training"]["duration"] = "6ep"
+    doc["model"]["width"] = 0.0625
+    work = Workdir(tmp_path)
+    work.write_config([work.write_experiment("eb_tiny", doc)])
+    result = work.snakemake().check()
+
+    counts = rule_counts(result.output)
+    assert {rule: counts[rule] for rule in ("eb_search", "eb_train", "eb_figures", "html_report")} == {
+        "eb_search": 1, "eb_train": 3, "eb_figures": 1, "html_report": 1}  # eb-ff, final-ff, final-lt_oneshot
+    assert not {"dense_round", "prune_round", "collect", "render_figure", "render_tables"} & set(counts)
+    rule_of = {job.jobid: job.rule for job in result.jobs}
+    finished = [rule_of[int(jobid)] for jobid in re.findall(r"^Finished jobid: (\d+)", result.output, re.MULTILINE)]
+    stages = [rule for rule in finished if rule in ("eb_search", "eb_train", "eb_figures", "html_report")]
+    assert stages == ["eb_search", "eb_train", "eb_train", "eb_train", "eb_figures", "html_report"]
+
+    results = work.results
+    table = (results / "tables" / "eb_tiny-eb.md").read_text()
+    assert "| - | Dense" in table and "EB Train (FF)" in table and "One-shot LT" in table
+    report = (results / "report.html").read_text()
+    for kind in ("accuracy", "distances", "flops"):
+        assert f'src="figures/eb_tiny/eb_{kind}.png"' in report
+    assert "Fig. 1 of You et al. (2020)" in report and "Early-Bird tickets against the dense model" in report
+    assert 'src="figures/eb_tiny/accuracy.png"' not in report  # no IMP figure
+
+    status = subprocess.run([sys.executable, "-m", "lotto", "status", "--results", str(results)],
+                            capture_output=True, text=True, check=True).stdout
+    assert "4 done of 4" in status, status
+    for retraining in ("eb-ff", "final-ff", "final-lt_oneshot"):
+        assert re.search(rf"^\s+0\s+p50\s+{retraining}\s+done", status, re.MULTILINE), status
