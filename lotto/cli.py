@@ -46,9 +46,21 @@ def _configure_torch(threads: int) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> None:
+    """Every file is checked, and every problem of every file reported, before exiting."""
+    from lotto.spec import SpecError
+
+    problems = []
     for path in args.experiments:
-        spec = _read_spec(path)
-        print(f"{path}: ok ({spec.name}: dense {spec.dense_key}, recipe {spec.recipe_key})")
+        try:
+            spec = _read_spec(path)
+        except (ValueError, OSError) as err:
+            problems.append(str(err))
+        except Exception as err:  # noqa: BLE001 - a bug in lotto: reported with the file, not hidden
+            problems.append(f"{path}: unexpected {type(err).__name__}: {' '.join(str(err).split())[:300]}")
+        else:
+            print(f"{path}: ok ({spec.name}: dense {spec.dense_key}, recipe {spec.recipe_key})")
+    if problems:
+        raise SpecError("\n".join(problems))
 
 
 def cmd_write_spec(args: argparse.Namespace) -> None:

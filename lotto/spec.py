@@ -28,6 +28,8 @@ from typing import Any
 
 import yaml
 
+from lotto.inputs import SAFE_NAME, SAFE_NAME_RULE, InputError, load_yaml, name_problem, shorten
+
 # Facts needed to resolve epochs and check labels before any data is read.
 DATASET_FACTS: dict[str, dict[str, Any]] = {
     "mnist": {"train_size": 60000, "num_classes": 10, "shape": (1, 28, 28)},
@@ -326,11 +328,15 @@ def _describe(error: Any) -> str:
         choices = ", ".join("null" if c is None else str(c) for c in error.validator_value)
         close = difflib.get_close_matches(str(value), [str(c) for c in error.validator_value], n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
-        return f"{where}: {value!r} is not allowed{hint}; choose one of: {choices}"
+        return f"{where}: {shorten(value)} is not allowed{hint}; choose one of: {choices}"
+    if kind == "type" and isinstance(value, float) and not math.isfinite(value):
+        return f"{where}: {value} is not allowed; allowed: a finite number"
+    if kind == "pattern" and error.validator_value == SAFE_NAME.pattern:
+        return f"{where}: {shorten(value)} is not a safe name; allowed: {SAFE_NAME_RULE}"
     if kind == "type":
         expected = error.validator_value
         expected = " or ".join(expected) if isinstance(expected, list) else expected
-        return f"{where}: {value!r} has the wrong type; expected {expected}"
+        return f"{where}: {shorten(value)} has the wrong type; expected {expected}"
     bounds = {
         "minimum": ">=",
         "maximum": "<=",
@@ -338,19 +344,19 @@ def _describe(error: Any) -> str:
         "exclusiveMaximum": "<",
     }
     if kind in bounds:
-        return f"{where}: {value!r} is out of range; allowed: {bounds[kind]} {error.validator_value}"
+        return f"{where}: {shorten(value)} is out of range; allowed: {bounds[kind]} {error.validator_value}"
     if kind == "oneOf" and error.schema == experiment_schema()["$defs"]["step"]:
         return (
-            f"{where}: {value!r} is not a valid step; allowed: a non-negative integer "
-            "(iterations), '<n>it' or '<n>ep'"
+            f"{where}: {shorten(value)} is not a valid step; allowed: a non-negative integer "
+            f"(iterations, at most {MAX_ITERATIONS}), '<n>it' or '<n>ep'"
         )
     if kind == "pattern":
-        return f"{where}: {value!r} does not match the allowed pattern {error.validator_value}"
+        return f"{where}: {shorten(value)} does not match the allowed pattern {error.validator_value}"
     if kind in ("minItems", "maxItems", "uniqueItems"):
         rule = {"minItems": "at least", "maxItems": "at most"}.get(kind)
         allowed = f"{rule} {error.validator_value} items" if rule else "no repeated items"
-        return f"{where}: {value!r} is not allowed; must have {allowed}"
-    return f"{where}: {value!r}: {error.message}"
+        return f"{where}: {shorten(value)} is not allowed; must have {allowed}"
+    return f"{where}: {shorten(value)}: {error.message[:200]}"
 
 
 def _strict_validator() -> Any:
@@ -367,30 +373,17 @@ def _strict_validator() -> Any:
     return jsonschema.validators.extend(base, type_checker=checker)
 
 
-def validate_document(doc: Any, source: str = "<experiment>") -> None:
-    """Schema-check a parsed experiment; raise SpecError listing every problem."""
+def validate_document(doc: Any, source: str = "<experiment>", schema: dict[str, Any] | None = None) -> None:
+    """Schema-check a parsed experiment (or, given its `schema`, a config); raise SpecError
+    listing every problem."""
     if not isinstance(doc, dict):
-        raise SpecError(f"{source}: an experiment must be a mapping of keys, got {type(doc).__name__}")
-    validator = _strict_validator()(experiment_schema())
+        what = "an experiment" if schema is None else "a config"
+        raise SpecError(f"{source}: {what} must be a mapping of keys, got {type(doc).__name__}")
+    validator = _strict_validator()(experiment_schema() if schema is None else schema)
     errors = sorted(validator.iter_errors(doc), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
         lines = [line for e in errors for line in _describe(e).splitlines()]
         raise SpecError("\n".join(f"{source}: {line}" for line in dict.fromkeys(lines)))
-
-
-class _Loader(yaml.SafeLoader):
-    """YAML 1.1 reads 1e4 or 1.2e-3 without a dot as text; here they are numbers."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
-
-
-def read_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
 _STEP = re.compile(r"^(\d+)(it|ep)$")
@@ -402,7 +395,7 @@ def parse_step(value: int | str, iterations_per_epoch: int) -> int:
         raise SpecError(f"{value!r} is not a step")
     if isinstance(value, int):
         return value
-    match = _STEP.match(str(value))
+    match = _STEP.fullmatch(str(value))
     if not match:
         raise SpecError(f"{value!r} is not a step; use an integer, '<n>it' or '<n>ep'")
     count, unit = int(match.group(1)), match.group(2)
@@ -410,15 +403,30 @@ def parse_step(value: int | str, iterations_per_epoch: int) -> int:
 
 
 def load_experiment(path: str | Path) -> ExperimentSpec:
-    """Read, validate and resolve one experiment YAML file."""
+    """Read (lotto.inputs.load_yaml), validate and resolve one experiment YAML file."""
     path = Path(path)
     try:
-        doc = read_yaml(path.read_text())
-    except FileNotFoundError:
-        raise SpecError(f"{path}: experiment file not found") from None
-    except yaml.YAMLError as err:
-        raise SpecError(f"{path}: not valid YAML: {err}") from None
+        doc = load_yaml(path, "experiment file")
+    except InputError as err:
+        raise SpecError(str(err)) from None
     return resolve(doc, source=str(path), default_name=path.stem)
+
+
+MAX_ITERATIONS = 10**9  # any step, resolved: 100x the longest schedule of any preset, in int64
+MAX_SYNTHETIC_VALUES = 2**28
+
+
+def _check_names(doc: dict[str, Any], default_name: str, bad: Any) -> None:
+    """Names that become paths and command-line words are safe names (lotto.inputs)."""
+    if "name" in doc:
+        problem = name_problem(doc["name"])
+        if problem:
+            bad("name", problem)
+    elif name_problem(default_name):
+        bad("name", f"missing, and the file stem {name_problem(default_name)}; add name: <a safe name>")
+    transfer_from = (doc.get("transfer") or {}).get("from")
+    if transfer_from is not None and name_problem(transfer_from):
+        bad("transfer.from", name_problem(transfer_from))
 
 
 def resolve(doc: Any, source: str = "<experiment>", default_name: str = "experiment") -> ExperimentSpec:
@@ -429,12 +437,18 @@ def resolve(doc: Any, source: str = "<experiment>", default_name: str = "experim
     def bad(key: str, message: str) -> None:
         problems.append(f"{source}: {key}: {message}")
 
+    _check_names(doc, default_name, bad)
+
     d = doc["dataset"]
     synthetic = None
     if d["name"] == "synthetic":
         merged = {**SYNTHETIC_DEFAULTS, **d.get("synthetic", {})}
         synthetic = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in merged.items()))
         train_size = merged["n_train"]
+        values = (merged["n_train"] + merged["n_test"]) * math.prod(merged["shape"])
+        if values > MAX_SYNTHETIC_VALUES:
+            bad("dataset.synthetic", f"(n_train + n_test) x shape is {values} pixel values, more than "
+                f"{MAX_SYNTHETIC_VALUES} (1 GiB of float32, held in memory); make it smaller")
     else:
         if "synthetic" in d:
             bad("dataset.synthetic", f"only allowed with dataset.name: synthetic, not {d['name']!r}")
@@ -460,7 +474,11 @@ def resolve(doc: Any, source: str = "<experiment>", default_name: str = "experim
     per_epoch = max(1, (train_size - val_size) // t["batch_size"]) if val_size < train_size else 1
 
     def step(key: str, value: Any) -> int:
-        return parse_step(value, per_epoch)
+        iterations = parse_step(value, per_epoch)
+        if iterations > MAX_ITERATIONS:
+            bad(key, f"{shorten(value)} ({iterations} it) is longer than any study; allowed: at most "
+                f"{MAX_ITERATIONS} iterations")
+        return iterations
 
     duration = step("training.duration", t["duration"])
     if duration <= 0:
@@ -794,6 +812,6 @@ def _resolve_rewinding(r: dict[str, Any], training: TrainingSpec, step: Any, bad
         bad("rewinding.lr", f"'rewind' follows the weights' step, so needs weights: step (weights is {weights!r})")
     offset = k if lr == "rewind" else 0
     retrain = step("rewinding.retrain", r["retrain"]) if "retrain" in r else training.duration - offset
-    if retrain <= 0:
+    if retrain <= 0 and "retrain" in r:  # else rewinding.step is reported
         bad("rewinding.retrain", f"{r.get('retrain')!r}; allowed: at least 1 iteration")
     return RewindingSpec(weights=weights, step=k, back=back, lr=lr, retrain=retrain)

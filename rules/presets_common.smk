@@ -11,6 +11,8 @@ def _load_studies(entries):
     known = ", ".join(sorted(EXPERIMENTS))
     for entry in entries:
         name = entry["name"]
+        if name_problem(name):
+            problems.append(f"studies: name: {name_problem(name)}")
         if name in studies:
             problems.append(f"studies: {name!r} is used by two studies")
         missing = [e for e in entry["experiments"] if e not in EXPERIMENTS]
