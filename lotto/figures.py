@@ -48,6 +48,7 @@ STYLE = {
 }
 MARKERS = ("o", "s", "^", "D", "v", "P", "*")
 DIVERGED_LABEL = "diverged (not in mean)"
+NO_EARLY_STOP = "no early stop: no validation set\n(dataset.val_size: 0); plot `which: final`"
 WHICH = {
     "early_stop": ("early_stop_accuracy", "Test accuracy at early stop (%)"),
     "final": ("final_accuracy", "Final test accuracy (%)"),
@@ -236,6 +237,8 @@ def _density_figure(runs: pd.DataFrame, out: str | Path, *, ylabel: str, title: 
             ax.plot(diverged.percent.to_numpy(), diverged.value.to_numpy(), linestyle="none", marker="x", color="red",
                     markersize=5, label=DIVERGED_LABEL)
         _density_axis(ax, runs.percent.unique())
+        if runs.value.isna().all() and runs.final_accuracy.notna().any():
+            ax.text(0.5, 0.5, NO_EARLY_STOP, transform=ax.transAxes, ha="center", va="center", wrap=True)
         ax.set_ylabel(ylabel)
         _finish(fig, ax, out, title)
     return fig

@@ -728,22 +728,12 @@ def _resolve_pruning(p: dict[str, Any], model: ModelSpec, dataset: DatasetSpec, 
         elif rates.get("output", 0.0):
             bad("pruning.rates.output", f"{rates['output']} would remove classes (l1_filter removes whole "
                 "output units); set output: 0")
+    exclude = _resolve_exclude(p.get("exclude", []), model, dataset, bad)
     if scope == "layerwise" and rounds > 0 and rates and model.name:
         try:
-            _check_kinds_have_rates(model, dataset, rates, p.get("exclude", []))
+            _check_kinds_have_rates(model, dataset, rates, exclude)
         except ValueError as err:
             bad("pruning.rates", str(err))
-    exclude = tuple(p.get("exclude", []))
-    if exclude:
-        try:
-            from lotto.masks import prunable_layers
-
-            names = [name for name, _, _ in prunable_layers(build_model(model, dataset, "meta"))]
-            for name in exclude:
-                if name not in names:
-                    bad("pruning.exclude", f"{name!r} is not a prunable layer; choose from: {', '.join(names)}")
-        except ValueError:
-            pass  # an unknown model is reported on its own
     return PruningSpec(
         criterion=p.get("criterion", "magnitude"),
         scope=scope,
@@ -753,6 +743,29 @@ def _resolve_pruning(p: dict[str, Any], model: ModelSpec, dataset: DatasetSpec, 
         exclude=exclude,
         mask_training=_resolve_mask_training(p, training, step, bad),
     )
+
+
+def _resolve_exclude(names: list[str], model: ModelSpec, dataset: DatasetSpec, bad: Any) -> tuple[str, ...]:
+    """pruning.exclude as module paths (what masks are keyed by): a readable name (fc1, output;
+    lotto.masks.readable_names) becomes its module path, so either spelling gives one spec."""
+    if not names:
+        return ()
+    from lotto.masks import prunable_layers, readable_names
+
+    try:
+        net = build_model(model, dataset, "meta")
+    except ValueError:
+        return tuple(names)  # an unknown model is reported on its own
+    readable = readable_names(net)
+    paths = [path for path, _, _ in prunable_layers(net)]
+    resolved = []
+    for name in names:
+        if name not in paths and name not in readable:
+            choices = ", ".join(f"{r} ({path})" for r, path in readable.items())
+            bad("pruning.exclude", f"{shorten(name)} is not a prunable layer; choose a name or module path: "
+                f"{choices} (`python -m lotto layers {model.name}` lists them)")
+        resolved.append(name if name in paths else readable.get(name, name))
+    return tuple(dict.fromkeys(resolved))
 
 
 def _resolve_mask_training(p: dict[str, Any], training: TrainingSpec, step: Any,
