@@ -58,6 +58,13 @@ def config_file_problem(path: str | Path) -> str | None:
     return None
 
 
+def shown_path(path: str | Path) -> str:
+    """A path as messages show it: as is, or quoted when it holds a newline or another
+    unprintable character (a message is one line per problem)."""
+    text = str(path)
+    return text if text.isprintable() else repr(text)
+
+
 def name_problem(name: Any) -> str | None:
     """Why `name` cannot name an experiment or a study (None when it can)."""
     if not isinstance(name, str) or not SAFE_NAME.fullmatch(name):
@@ -154,14 +161,14 @@ def load_yaml(path: str | Path, what: str = "file") -> Any:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise InputError(f"{path}: {what} not found") from None
+        raise InputError(f"{shown_path(path)}: {what} not found") from None
     except IsADirectoryError:
-        raise InputError(f"{path}: is a directory; expected a YAML {what}") from None
+        raise InputError(f"{shown_path(path)}: is a directory; expected a YAML {what}") from None
     except OSError as err:
-        raise InputError(f"{path}: cannot read the {what}: {err.strerror or err}") from None
+        raise InputError(f"{shown_path(path)}: cannot read the {what}: {err.strerror or err}") from None
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        raise InputError(f"{path}: not UTF-8 (byte {err.start}: {raw[err.start:err.start + 1]!r}); "
+        raise InputError(f"{shown_path(path)}: not UTF-8 (byte {err.start}: {raw[err.start:err.start + 1]!r}); "
                          "save it as UTF-8") from None
-    return parse_yaml(text, str(path))
+    return parse_yaml(text, shown_path(path))

@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from lotto.inputs import SAFE_NAME, SAFE_NAME_RULE, InputError, load_yaml, name_problem, shorten
+from lotto.inputs import SAFE_NAME, SAFE_NAME_RULE, InputError, load_yaml, name_problem, shorten, shown_path
 
 # Facts needed to resolve epochs and check labels before any data is read.
 DATASET_FACTS: dict[str, dict[str, Any]] = {
@@ -368,7 +368,8 @@ def _strict_validator() -> Any:
         "integer", lambda _, v: isinstance(v, int) and not isinstance(v, bool)
     ).redefine(
         "number",
-        lambda _, v: isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v),
+        lambda _, v: isinstance(v, int | float) and not isinstance(v, bool)
+        and (isinstance(v, int) or math.isfinite(v)),  # a huge int is finite (and isfinite overflows)
     )
     return jsonschema.validators.extend(base, type_checker=checker)
 
@@ -409,7 +410,7 @@ def load_experiment(path: str | Path) -> ExperimentSpec:
         doc = load_yaml(path, "experiment file")
     except InputError as err:
         raise SpecError(str(err)) from None
-    return resolve(doc, source=str(path), default_name=path.stem)
+    return resolve(doc, source=shown_path(path), default_name=path.stem)
 
 
 MAX_ITERATIONS = 10**9  # any step, resolved: 100x the longest schedule of any preset, in int64
