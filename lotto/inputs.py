@@ -35,7 +35,8 @@ class InputError(ValueError):
 
 
 _SHORT_REPR = reprlib.Repr()
-_SHORT_REPR.maxlevel, _SHORT_REPR.maxdict, _SHORT_REPR.maxlist, _SHORT_REPR.maxtuple = 3, 4, 6, 6
+# at most 20^3 leaves of 80 characters are drawn, whatever the value's size
+_SHORT_REPR.maxlevel, _SHORT_REPR.maxdict, _SHORT_REPR.maxlist, _SHORT_REPR.maxtuple = 3, 20, 20, 20
 _SHORT_REPR.maxstring, _SHORT_REPR.maxother, _SHORT_REPR.maxlong = SHOWN_CHARS, SHOWN_CHARS, 40
 
 
