@@ -11,6 +11,7 @@ the line and key path; bad values are shown shortened (`shorten`).
 
 from __future__ import annotations
 
+import os
 import re
 import reprlib
 from pathlib import Path, PurePosixPath
@@ -73,6 +74,12 @@ def name_problem(name: Any) -> str | None:
     if PurePosixPath("results", name).parent != PurePosixPath("results"):
         return f"{shorten(name)} would write outside results/"  # unreachable while SAFE_NAME holds
     return None
+
+
+def outside_results(paths: list[str]) -> list[str]:
+    """The paths that would not land under results/ once normalised (none while every name is
+    safe; checked at parse time all the same, since a rule writes there)."""
+    return [p for p in paths if not os.path.normpath(p).startswith(f"results{os.sep}") or ".." in Path(p).parts]
 
 
 class _Loader(yaml.SafeLoader):

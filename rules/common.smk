@@ -8,7 +8,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from lotto.inputs import InputError, load_yaml, name_problem
+from lotto.inputs import InputError, load_yaml, name_problem, outside_results
 from lotto.spec import (
     PruningSpec,
     RewindingSpec,
@@ -25,6 +25,9 @@ from lotto.rounds import LOCAL_BRANCHES, start_point
 LOTTO_DIR = Path(str(workflow.current_basedir)).parent
 
 
+CONFIG_SOURCE = ", ".join(map(str, workflow.configfiles)) or "config"
+
+
 def _config_problems():
     """The config files (strict YAML: duplicate keys, encoding) and the merged config
     (lotto's schema), one line per problem naming the file(s)."""
@@ -34,10 +37,9 @@ def _config_problems():
             load_yaml(path, "config file")
         except InputError as err:
             problems.append(str(err))
-    source = ", ".join(map(str, workflow.configfiles)) or "config"
     schema = load_yaml(LOTTO_DIR / "config/schema/config.schema.yaml", "schema")
     try:
-        validate_document(config, source, schema)
+        validate_document(config, CONFIG_SOURCE, schema)
     except SpecError as err:
         problems += str(err).splitlines()
     return problems
