@@ -28,7 +28,15 @@ from typing import Any
 
 import yaml
 
-from lotto.inputs import SAFE_NAME, SAFE_NAME_RULE, InputError, load_yaml, name_problem, shorten, shown_path
+from lotto.inputs import (
+    SAFE_NAME,
+    SAFE_NAME_RULE,
+    InputError,
+    load_yaml,
+    name_problem,
+    shorten,
+    shown_path,
+)
 
 # Facts needed to resolve epochs and check labels before any data is read.
 DATASET_FACTS: dict[str, dict[str, Any]] = {
@@ -415,6 +423,7 @@ def load_experiment(path: str | Path) -> ExperimentSpec:
 
 MAX_ITERATIONS = 10**9  # any step, resolved: 100x the longest schedule of any preset, in int64
 MAX_SYNTHETIC_VALUES = 2**28
+MAX_TRAININGS = 100_000  # jobs of one experiment; the largest preset has a few hundred
 
 
 def _check_names(doc: dict[str, Any], default_name: str, bad: Any) -> None:
@@ -533,6 +542,11 @@ def resolve(doc: Any, source: str = "<experiment>", default_name: str = "experim
             bad("earlybird", "runs instead of IMP rounds; remove pruning.rounds (or the earlybird section)")
         if model.name:
             _check_channel_prunable(model, dataset, bad)
+    trainings = len(doc.get("seeds", [0])) * (1 + pruning.rounds * (1 + len(branches)))
+    if trainings > MAX_TRAININGS:
+        bad("pruning.rounds", f"{pruning.rounds} rounds x {len(doc.get('seeds', [0]))} seeds x "
+            f"{1 + len(branches)} trainings per round are {trainings} jobs; allowed: at most {MAX_TRAININGS} "
+            "(Snakemake holds every job in memory)")
     if branches and pruning.rounds == 0:
         bad("branches", f"{list(branches)} need pruned rounds; set pruning.rounds >= 1")
     if pruning.criterion == "snip" and rewinding.weights != "init":

@@ -136,3 +136,16 @@ def test_without_validation_the_early_stop_figure_says_so(tmp_path):
     texts = [t.get_text() for t in fig.axes[0].texts]
     assert any("no validation set" in t for t in texts)
     assert Path(tmp_path / "f.png").stat().st_size > 0
+
+
+def test_an_experiment_of_more_than_100000_jobs_is_refused():
+    with pytest.raises(SpecError, match=r"pruning.rounds: 1000 rounds x 100 seeds x 2 trainings per round are "
+                                        r"200100 jobs; allowed: at most 100000"):
+        tiny_spec(pruning={"rounds": 1000}, seeds=list(range(100)), branches=["reinit"])
+
+
+def test_outside_results_finds_paths_that_escape():
+    from lotto.inputs import outside_results
+
+    assert outside_results(["results/a/b.png", "results/../x", "results", "x/results/y", "/results/x",
+                            "results/./a"]) == ["results/../x", "results", "x/results/y", "/results/x"]
