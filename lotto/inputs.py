@@ -35,6 +35,11 @@ class InputError(ValueError):
     """A file or name is refused; the message is one line per problem, naming the file."""
 
 
+class DuplicateKeyError(InputError):
+    """A key written twice: the rest of the file was read (by a lenient reader) and can be
+    checked on."""
+
+
 _SHORT_REPR = reprlib.Repr()
 # at most 20^3 leaves of 80 characters are drawn, whatever the value's size
 _SHORT_REPR.maxlevel, _SHORT_REPR.maxdict, _SHORT_REPR.maxlist, _SHORT_REPR.maxtuple = 3, 20, 20, 20
@@ -131,7 +136,7 @@ def _check_tree(loader: _Loader, root: yaml.Node) -> None:
                 key = loader.construct_object(key_node) if isinstance(key_node, yaml.ScalarNode) else None
                 line = key_node.start_mark.line + 1
                 if key is not None and key in seen:
-                    raise InputError(f"line {line}: duplicate key {_key_path([*path, key])} "
+                    raise DuplicateKeyError(f"line {line}: duplicate key {_key_path([*path, key])} "
                                      f"(first on line {seen[key]}); keep one")
                 if key is not None:
                     seen[key] = line
@@ -150,7 +155,7 @@ def parse_yaml(text: str, source: str) -> Any:
         _check_tree(loader, root)
         return loader.construct_document(root)
     except InputError as err:
-        raise InputError(f"{source}: {err}") from None
+        raise type(err)(f"{source}: {err}") from None
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""

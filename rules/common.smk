@@ -8,7 +8,13 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from lotto.inputs import InputError, load_yaml, name_problem, outside_results
+from lotto.inputs import (
+    DuplicateKeyError,
+    InputError,
+    load_yaml,
+    name_problem,
+    outside_results,
+)
 from lotto.spec import (
     PruningSpec,
     RewindingSpec,
@@ -31,12 +37,17 @@ CONFIG_SOURCE = ", ".join(map(str, workflow.configfiles)) or "config"
 def _config_problems():
     """The config files (strict YAML: duplicate keys, encoding) and the merged config
     (lotto's schema), one line per problem naming the file(s)."""
-    problems = []
+    problems, unreadable = [], False
     for path in workflow.configfiles:
         try:
             load_yaml(path, "config file")
+        except DuplicateKeyError as err:
+            problems.append(str(err))
         except InputError as err:
             problems.append(str(err))
+            unreadable = True
+    if unreadable:  # e.g. an alias bomb: the schema check would walk all of it
+        return problems
     schema = load_yaml(LOTTO_DIR / "config/schema/config.schema.yaml", "schema")
     try:
         validate_document(config, CONFIG_SOURCE, schema)
