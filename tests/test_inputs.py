@@ -149,3 +149,8 @@ def test_outside_results_finds_paths_that_escape():
 
     assert outside_results(["results/a/b.png", "results/../x", "results", "x/results/y", "/results/x",
                             "results/./a"]) == ["results/../x", "results", "x/results/y", "/results/x"]
+
+
+def test_without_validation_the_box_plot_at_early_stop_says_so(tmp_path):
+    fig = figures.accuracy_boxes(no_validation_frame(), tmp_path / "b.png", which="early_stop")
+    assert any("no validation set" in t.get_text() for t in fig.axes[0].texts)
