@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import re
 import reprlib
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -76,8 +76,6 @@ def name_problem(name: Any) -> str | None:
     """Why `name` cannot name an experiment or a study (None when it can)."""
     if not isinstance(name, str) or not SAFE_NAME.fullmatch(name):
         return f"{shorten(name)} is not a safe name; allowed: {SAFE_NAME_RULE}"
-    if PurePosixPath("results", name).parent != PurePosixPath("results"):
-        return f"{shorten(name)} would write outside results/"  # unreachable while SAFE_NAME holds
     return None
 
 
@@ -109,8 +107,16 @@ _Loader.add_implicit_resolver(
 )
 
 
-def _key_path(path: list[Any]) -> str:
-    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".") or "(top level)"
+def shown_key(key: Any) -> str:
+    """A key as messages show it: as written when it is short printable text, else shortened."""
+    text = str(key)
+    return text if text.isprintable() and len(text) <= 40 else shorten(key, 40)
+
+
+def key_path(path: list[Any]) -> str:
+    """The dotted path of a key, e.g. training.milestones[0]."""
+    parts = [f"[{p}]" if isinstance(p, int) else f".{shown_key(p)}" for p in path]
+    return "".join(parts).lstrip(".") or "(top level)"
 
 
 def _check_tree(loader: _Loader, root: yaml.Node) -> None:
@@ -136,7 +142,7 @@ def _check_tree(loader: _Loader, root: yaml.Node) -> None:
                 key = loader.construct_object(key_node) if isinstance(key_node, yaml.ScalarNode) else None
                 line = key_node.start_mark.line + 1
                 if key is not None and key in seen:
-                    raise DuplicateKeyError(f"line {line}: duplicate key {_key_path([*path, key])} "
+                    raise DuplicateKeyError(f"line {line}: duplicate key {key_path([*path, key])} "
                                      f"(first on line {seen[key]}); keep one")
                 if key is not None:
                     seen[key] = line

@@ -32,9 +32,11 @@ from lotto.inputs import (
     SAFE_NAME,
     SAFE_NAME_RULE,
     InputError,
+    key_path,
     load_yaml,
     name_problem,
     shorten,
+    shown_key,
     shown_path,
 )
 
@@ -310,14 +312,9 @@ def experiment_schema() -> dict[str, Any]:
     return yaml.safe_load(text)
 
 
-def _key_path(path: Any) -> str:
-    parts = [f"[{p}]" if isinstance(p, int) else f".{p}" for p in path]
-    return "".join(parts).lstrip(".") or "(top level)"
-
-
 def _describe(error: Any) -> str:
     """One readable line for a jsonschema error: which key, the bad value, what is allowed."""
-    where = _key_path(error.absolute_path)
+    where = key_path(list(error.absolute_path))
     value = error.instance
     kind = error.validator
     if kind == "additionalProperties":
@@ -327,7 +324,7 @@ def _describe(error: Any) -> str:
             close = difflib.get_close_matches(key, allowed, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             prefix = f"{where}." if error.absolute_path else ""
-            lines.append(f"{prefix}{key}: unknown key{hint}; allowed keys: {', '.join(allowed)}")
+            lines.append(f"{prefix}{shown_key(key)}: unknown key{hint}; allowed keys: {', '.join(allowed)}")
         return "\n".join(lines)
     if kind == "required":
         missing = [k for k in error.validator_value if k not in value]
