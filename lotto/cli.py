@@ -46,9 +46,21 @@ def _configure_torch(threads: int) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> None:
+    """Every file is checked, and every problem of every file reported, before exiting."""
+    from lotto.spec import SpecError
+
+    problems = []
     for path in args.experiments:
-        spec = _read_spec(path)
-        print(f"{path}: ok ({spec.name}: dense {spec.dense_key}, recipe {spec.recipe_key})")
+        try:
+            spec = _read_spec(path)
+        except (ValueError, OSError) as err:
+            problems.append(str(err))
+        except Exception as err:  # noqa: BLE001 - a bug in lotto: reported with the file, not hidden
+            problems.append(f"{path}: unexpected {type(err).__name__}: {' '.join(str(err).split())[:300]}")
+        else:
+            print(f"{path}: ok ({spec.name}: dense {spec.dense_key}, recipe {spec.recipe_key})")
+    if problems:
+        raise SpecError("\n".join(problems))
 
 
 def cmd_write_spec(args: argparse.Namespace) -> None:
@@ -196,6 +208,26 @@ def cmd_modification_table(args: argparse.Namespace) -> None:
 
     tables.write_modification_table(_read_metrics(args.metrics), args.md, args.tex, args.html,
                                     round_=args.round, which=args.which)
+
+
+def cmd_layers(args: argparse.Namespace) -> None:
+    from lotto.masks import layer_table
+    from lotto.spec import DATASET_FACTS, DatasetSpec, ModelSpec, build_model
+
+    dataset = args.dataset or ("mnist" if args.model.startswith(("lenet", "mlp")) else "cifar10")
+    if dataset not in DATASET_FACTS:
+        raise ValueError(f"unknown dataset {dataset!r}; choose one of: {', '.join(DATASET_FACTS)}")
+    rows = layer_table(build_model(ModelSpec(args.model, width=args.width), DatasetSpec(dataset), "meta"))
+    shape = "x".join(map(str, DATASET_FACTS[dataset]["shape"]))
+    print(f"{args.model} on {dataset} ({shape}): {len(rows)} prunable layers, "
+          f"{sum(r['weights'] for r in rows):,} weights; pruning.exclude takes the name or the module")
+    header = ("name", "module", "kind", "shape", "weights")
+    table = [header] + [(r["name"], r["module"], r["kind"], "x".join(map(str, r["shape"])), f"{r['weights']:,}")
+                        for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for *text, weights in table:
+        cells = [cell.ljust(width) for cell, width in zip(text, widths, strict=False)]
+        print("  ".join([*cells, weights.rjust(widths[-1])]))
 
 
 def cmd_status(args: argparse.Namespace) -> None:
@@ -369,6 +401,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--round", type=int, help="the pruned round to tabulate (default: the last)")
     p.add_argument("--which", default="final", choices=["early_stop", "final"],
                    help="test accuracy at the early-stop iteration or at the end")
+
+    p = verb("layers", cmd_layers, "list a model's prunable layers: readable name, module path, kind, "
+             "weight shape and count (what pruning.exclude and pruning.rates refer to)")
+    p.add_argument("model", help="a registered model (lotto.models.model_names())")
+    p.add_argument("--dataset", help="input shape and classes (default: mnist for lenet*/mlp*, else cifar10)")
+    p.add_argument("--width", type=float, default=1.0, help="model.width, the channel multiplier")
 
     p = verb("status", cmd_status, "which rounds and branches are done, running or pending")
     p.add_argument("--results", default="results")

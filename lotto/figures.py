@@ -48,6 +48,7 @@ STYLE = {
 }
 MARKERS = ("o", "s", "^", "D", "v", "P", "*")
 DIVERGED_LABEL = "diverged (not in mean)"
+NO_EARLY_STOP = "no early stop: no validation set\n(dataset.val_size: 0); plot `which: final`"
 WHICH = {
     "early_stop": ("early_stop_accuracy", "Test accuracy at early stop (%)"),
     "final": ("final_accuracy", "Final test accuracy (%)"),
@@ -174,6 +175,7 @@ def accuracy_boxes(
         ax.set_xticks(range(len(categories)), categories)
         ax.set_xlim(-0.6, len(categories) - 0.4)
         ax.set_xlabel("Weights remaining (%)")
+        _say_if_no_early_stop(ax, runs)
         ax.set_ylabel(ylabel)
         _finish(fig, ax, out, title)
     return fig
@@ -236,6 +238,7 @@ def _density_figure(runs: pd.DataFrame, out: str | Path, *, ylabel: str, title: 
             ax.plot(diverged.percent.to_numpy(), diverged.value.to_numpy(), linestyle="none", marker="x", color="red",
                     markersize=5, label=DIVERGED_LABEL)
         _density_axis(ax, runs.percent.unique())
+        _say_if_no_early_stop(ax, runs)
         ax.set_ylabel(ylabel)
         _finish(fig, ax, out, title)
     return fig
@@ -278,6 +281,13 @@ def _new_axes():
     ax = fig.add_subplot()
     ax.grid(True, linewidth=0.3, alpha=0.5)
     return fig, ax
+
+
+def _say_if_no_early_stop(ax, runs: pd.DataFrame) -> None:
+    """Runs without a validation set have no early-stop value (NaN): say so on the axes rather
+    than leave them silently empty."""
+    if runs.value.isna().all() and runs.final_accuracy.notna().any():
+        ax.text(0.5, 0.5, NO_EARLY_STOP, transform=ax.transAxes, ha="center", va="center")
 
 
 def _finish(fig: Figure, ax, out: str | Path, title: str | None) -> None:

@@ -27,6 +27,28 @@ def prunable_layers(model: nn.Module) -> list[tuple[str, str, nn.Module]]:
     return out
 
 
+def readable_names(model: nn.Module) -> dict[str, str]:
+    """Readable name -> module path of each prunable layer: conv1, conv2, ..., fc1, ..., output,
+    numbered by kind in forward order. Masks and checkpoints keep the module paths ('1', '3',
+    '5' in an MLP); pruning.exclude accepts either."""
+    counts = {"conv": 0, "fc": 0}
+    names = {}
+    for path, kind, _ in prunable_layers(model):
+        if kind == "output":
+            names["output"] = path
+        else:
+            counts[kind] += 1
+            names[f"{kind}{counts[kind]}"] = path
+    return names
+
+
+def layer_table(model: nn.Module) -> list[dict[str, object]]:
+    """One row per prunable layer: readable name, module path, kind, weight shape and count."""
+    readable = {path: name for name, path in readable_names(model).items()}
+    return [{"name": readable[path], "module": path, "kind": kind, "shape": tuple(m.weight.shape),
+             "weights": m.weight.numel()} for path, kind, m in prunable_layers(model)]
+
+
 def ones(model: nn.Module) -> Mask:
     return {name: torch.ones_like(m.weight, dtype=torch.bool, device="cpu") for name, _, m in prunable_layers(model)}
 

@@ -111,7 +111,9 @@ RUN_KEYS = ["experiment", "seed", "round", "branch"]
 
 def summarize(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per training: early-stop step (minimum validation loss, earliest on ties),
-    test accuracy there, final test accuracy, final train loss/accuracy, density, status."""
+    test accuracy there, final test accuracy, final train loss/accuracy, density, status.
+    Without a validation set (dataset.val_size: 0) there is no early stop: its step and
+    accuracy are NaN, never silently the last step."""
     import pandas as pd
 
     out = []
@@ -120,14 +122,14 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
         test = run[run.split == "test"].set_index("step")
         train = run[run.split == "train"].sort_values("step")
         finite_val = val[val.loss.notna()]
-        stop = int(finite_val.loc[finite_val.loss.idxmin(), "step"]) if len(finite_val) else int(test.index.max())
+        stop = int(finite_val.loc[finite_val.loss.idxmin(), "step"]) if len(finite_val) else None
         last = int(test.index.max())
         out.append(
             {
                 **dict(zip(RUN_KEYS, key, strict=True)),
                 "density": float(run.density.iloc[0]),
-                "early_stop_step": stop,
-                "early_stop_accuracy": float(test.loc[stop, "accuracy"]),
+                "early_stop_step": float("nan") if stop is None else stop,
+                "early_stop_accuracy": float("nan") if stop is None else float(test.loc[stop, "accuracy"]),
                 "final_accuracy": float(test.loc[last, "accuracy"]),
                 "final_step": last,
                 "train_loss": float(train.loss.iloc[-1]) if len(train) else float("nan"),

@@ -28,6 +28,18 @@ from typing import Any
 
 import yaml
 
+from lotto.inputs import (
+    SAFE_NAME,
+    SAFE_NAME_RULE,
+    InputError,
+    key_path,
+    load_yaml,
+    name_problem,
+    shorten,
+    shown_key,
+    shown_path,
+)
+
 # Facts needed to resolve epochs and check labels before any data is read.
 DATASET_FACTS: dict[str, dict[str, Any]] = {
     "mnist": {"train_size": 60000, "num_classes": 10, "shape": (1, 28, 28)},
@@ -301,14 +313,9 @@ def experiment_schema() -> dict[str, Any]:
     return yaml.safe_load(text)
 
 
-def _key_path(path: Any) -> str:
-    parts = [f"[{p}]" if isinstance(p, int) else f".{p}" for p in path]
-    return "".join(parts).lstrip(".") or "(top level)"
-
-
 def _describe(error: Any) -> str:
     """One readable line for a jsonschema error: which key, the bad value, what is allowed."""
-    where = _key_path(error.absolute_path)
+    where = key_path(list(error.absolute_path))
     value = error.instance
     kind = error.validator
     if kind == "additionalProperties":
@@ -318,7 +325,7 @@ def _describe(error: Any) -> str:
             close = difflib.get_close_matches(key, allowed, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             prefix = f"{where}." if error.absolute_path else ""
-            lines.append(f"{prefix}{key}: unknown key{hint}; allowed keys: {', '.join(allowed)}")
+            lines.append(f"{prefix}{shown_key(key)}: unknown key{hint}; allowed keys: {', '.join(allowed)}")
         return "\n".join(lines)
     if kind == "required":
         missing = [k for k in error.validator_value if k not in value]
@@ -327,11 +334,15 @@ def _describe(error: Any) -> str:
         choices = ", ".join("null" if c is None else str(c) for c in error.validator_value)
         close = difflib.get_close_matches(str(value), [str(c) for c in error.validator_value], n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
-        return f"{where}: {value!r} is not allowed{hint}; choose one of: {choices}"
+        return f"{where}: {shorten(value)} is not allowed{hint}; choose one of: {choices}"
+    if kind == "type" and isinstance(value, float) and not math.isfinite(value):
+        return f"{where}: {value} is not allowed; allowed: a finite number"
+    if kind == "pattern" and error.validator_value == SAFE_NAME.pattern:
+        return f"{where}: {shorten(value)} is not a safe name; allowed: {SAFE_NAME_RULE}"
     if kind == "type":
         expected = error.validator_value
         expected = " or ".join(expected) if isinstance(expected, list) else expected
-        return f"{where}: {value!r} has the wrong type; expected {expected}"
+        return f"{where}: {shorten(value)} has the wrong type; expected {expected}"
     bounds = {
         "minimum": ">=",
         "maximum": "<=",
@@ -339,19 +350,19 @@ def _describe(error: Any) -> str:
         "exclusiveMaximum": "<",
     }
     if kind in bounds:
-        return f"{where}: {value!r} is out of range; allowed: {bounds[kind]} {error.validator_value}"
+        return f"{where}: {shorten(value)} is out of range; allowed: {bounds[kind]} {error.validator_value}"
     if kind == "oneOf" and error.schema == experiment_schema()["$defs"]["step"]:
         return (
-            f"{where}: {value!r} is not a valid step; allowed: a non-negative integer "
-            "(iterations), '<n>it' or '<n>ep'"
+            f"{where}: {shorten(value)} is not a valid step; allowed: a non-negative integer "
+            f"(iterations, at most {MAX_ITERATIONS}), '<n>it' or '<n>ep'"
         )
     if kind == "pattern":
-        return f"{where}: {value!r} does not match the allowed pattern {error.validator_value}"
+        return f"{where}: {shorten(value)} does not match the allowed pattern {error.validator_value}"
     if kind in ("minItems", "maxItems", "uniqueItems"):
         rule = {"minItems": "at least", "maxItems": "at most"}.get(kind)
         allowed = f"{rule} {error.validator_value} items" if rule else "no repeated items"
-        return f"{where}: {value!r} is not allowed; must have {allowed}"
-    return f"{where}: {value!r}: {error.message}"
+        return f"{where}: {shorten(value)} is not allowed; must have {allowed}"
+    return f"{where}: {shorten(value)}: {error.message[:200]}"
 
 
 def _strict_validator() -> Any:
@@ -363,35 +374,23 @@ def _strict_validator() -> Any:
         "integer", lambda _, v: isinstance(v, int) and not isinstance(v, bool)
     ).redefine(
         "number",
-        lambda _, v: isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v),
+        lambda _, v: isinstance(v, int | float) and not isinstance(v, bool)
+        and (isinstance(v, int) or math.isfinite(v)),  # a huge int is finite (and isfinite overflows)
     )
     return jsonschema.validators.extend(base, type_checker=checker)
 
 
-def validate_document(doc: Any, source: str = "<experiment>") -> None:
-    """Schema-check a parsed experiment; raise SpecError listing every problem."""
+def validate_document(doc: Any, source: str = "<experiment>", schema: dict[str, Any] | None = None) -> None:
+    """Schema-check a parsed experiment (or, given its `schema`, a config); raise SpecError
+    listing every problem."""
     if not isinstance(doc, dict):
-        raise SpecError(f"{source}: an experiment must be a mapping of keys, got {type(doc).__name__}")
-    validator = _strict_validator()(experiment_schema())
+        what = "an experiment" if schema is None else "a config"
+        raise SpecError(f"{source}: {what} must be a mapping of keys, got {type(doc).__name__}")
+    validator = _strict_validator()(experiment_schema() if schema is None else schema)
     errors = sorted(validator.iter_errors(doc), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
         lines = [line for e in errors for line in _describe(e).splitlines()]
         raise SpecError("\n".join(f"{source}: {line}" for line in dict.fromkeys(lines)))
-
-
-class _Loader(yaml.SafeLoader):
-    """YAML 1.1 reads 1e4 or 1.2e-3 without a dot as text; here they are numbers."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
-
-
-def read_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
 _STEP = re.compile(r"^(\d+)(it|ep)$")
@@ -403,7 +402,7 @@ def parse_step(value: int | str, iterations_per_epoch: int) -> int:
         raise SpecError(f"{value!r} is not a step")
     if isinstance(value, int):
         return value
-    match = _STEP.match(str(value))
+    match = _STEP.fullmatch(str(value))
     if not match:
         raise SpecError(f"{value!r} is not a step; use an integer, '<n>it' or '<n>ep'")
     count, unit = int(match.group(1)), match.group(2)
@@ -411,15 +410,31 @@ def parse_step(value: int | str, iterations_per_epoch: int) -> int:
 
 
 def load_experiment(path: str | Path) -> ExperimentSpec:
-    """Read, validate and resolve one experiment YAML file."""
+    """Read (lotto.inputs.load_yaml), validate and resolve one experiment YAML file."""
     path = Path(path)
     try:
-        doc = read_yaml(path.read_text())
-    except FileNotFoundError:
-        raise SpecError(f"{path}: experiment file not found") from None
-    except yaml.YAMLError as err:
-        raise SpecError(f"{path}: not valid YAML: {err}") from None
-    return resolve(doc, source=str(path), default_name=path.stem)
+        doc = load_yaml(path, "experiment file")
+    except InputError as err:
+        raise SpecError(str(err)) from None
+    return resolve(doc, source=shown_path(path), default_name=path.stem)
+
+
+MAX_ITERATIONS = 10**9  # any step, resolved: 100x the longest schedule of any preset, in int64
+MAX_SYNTHETIC_VALUES = 2**28
+MAX_TRAININGS = 100_000  # jobs of one experiment; the largest preset has a few hundred
+
+
+def _check_names(doc: dict[str, Any], default_name: str, bad: Any) -> None:
+    """Names that become paths and command-line words are safe names (lotto.inputs)."""
+    if "name" in doc:
+        problem = name_problem(doc["name"])
+        if problem:
+            bad("name", problem)
+    elif name_problem(default_name):
+        bad("name", f"missing, and the file stem {name_problem(default_name)}; add name: <a safe name>")
+    transfer_from = (doc.get("transfer") or {}).get("from")
+    if transfer_from is not None and name_problem(transfer_from):
+        bad("transfer.from", name_problem(transfer_from))
 
 
 def resolve(doc: Any, source: str = "<experiment>", default_name: str = "experiment") -> ExperimentSpec:
@@ -430,12 +445,18 @@ def resolve(doc: Any, source: str = "<experiment>", default_name: str = "experim
     def bad(key: str, message: str) -> None:
         problems.append(f"{source}: {key}: {message}")
 
+    _check_names(doc, default_name, bad)
+
     d = doc["dataset"]
     synthetic = None
     if d["name"] == "synthetic":
         merged = {**SYNTHETIC_DEFAULTS, **d.get("synthetic", {})}
         synthetic = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in merged.items()))
         train_size = merged["n_train"]
+        values = (merged["n_train"] + merged["n_test"]) * math.prod(merged["shape"])
+        if values > MAX_SYNTHETIC_VALUES:
+            bad("dataset.synthetic", f"(n_train + n_test) x shape is {values} pixel values, more than "
+                f"{MAX_SYNTHETIC_VALUES} (1 GiB of float32, held in memory); make it smaller")
     else:
         if "synthetic" in d:
             bad("dataset.synthetic", f"only allowed with dataset.name: synthetic, not {d['name']!r}")
@@ -461,7 +482,11 @@ def resolve(doc: Any, source: str = "<experiment>", default_name: str = "experim
     per_epoch = max(1, (train_size - val_size) // t["batch_size"]) if val_size < train_size else 1
 
     def step(key: str, value: Any) -> int:
-        return parse_step(value, per_epoch)
+        iterations = parse_step(value, per_epoch)
+        if iterations > MAX_ITERATIONS:
+            bad(key, f"{shorten(value)} ({iterations} it) is longer than any study; allowed: at most "
+                f"{MAX_ITERATIONS} iterations")
+        return iterations
 
     duration = step("training.duration", t["duration"])
     if duration <= 0:
@@ -515,6 +540,11 @@ def resolve(doc: Any, source: str = "<experiment>", default_name: str = "experim
             bad("earlybird", "runs instead of IMP rounds; remove pruning.rounds (or the earlybird section)")
         if model.name:
             _check_channel_prunable(model, dataset, bad)
+    trainings = len(doc.get("seeds", [0])) * (1 + pruning.rounds * (1 + len(branches)))
+    if trainings > MAX_TRAININGS:
+        bad("pruning.rounds", f"{pruning.rounds} rounds x {len(doc.get('seeds', [0]))} seeds x "
+            f"{1 + len(branches)} trainings per round are {trainings} jobs; allowed: at most {MAX_TRAININGS} "
+            "(Snakemake holds every job in memory)")
     if branches and pruning.rounds == 0:
         bad("branches", f"{list(branches)} need pruned rounds; set pruning.rounds >= 1")
     if pruning.criterion == "snip" and rewinding.weights != "init":
@@ -711,22 +741,12 @@ def _resolve_pruning(p: dict[str, Any], model: ModelSpec, dataset: DatasetSpec, 
         elif rates.get("output", 0.0):
             bad("pruning.rates.output", f"{rates['output']} would remove classes (l1_filter removes whole "
                 "output units); set output: 0")
+    exclude = _resolve_exclude(p.get("exclude", []), model, dataset, bad)
     if scope == "layerwise" and rounds > 0 and rates and model.name:
         try:
-            _check_kinds_have_rates(model, dataset, rates, p.get("exclude", []))
+            _check_kinds_have_rates(model, dataset, rates, exclude)
         except ValueError as err:
             bad("pruning.rates", str(err))
-    exclude = tuple(p.get("exclude", []))
-    if exclude:
-        try:
-            from lotto.masks import prunable_layers
-
-            names = [name for name, _, _ in prunable_layers(build_model(model, dataset, "meta"))]
-            for name in exclude:
-                if name not in names:
-                    bad("pruning.exclude", f"{name!r} is not a prunable layer; choose from: {', '.join(names)}")
-        except ValueError:
-            pass  # an unknown model is reported on its own
     return PruningSpec(
         criterion=p.get("criterion", "magnitude"),
         scope=scope,
@@ -736,6 +756,29 @@ def _resolve_pruning(p: dict[str, Any], model: ModelSpec, dataset: DatasetSpec, 
         exclude=exclude,
         mask_training=_resolve_mask_training(p, training, step, bad),
     )
+
+
+def _resolve_exclude(names: list[str], model: ModelSpec, dataset: DatasetSpec, bad: Any) -> tuple[str, ...]:
+    """pruning.exclude as module paths (what masks are keyed by): a readable name (fc1, output;
+    lotto.masks.readable_names) becomes its module path, so either spelling gives one spec."""
+    if not names:
+        return ()
+    from lotto.masks import prunable_layers, readable_names
+
+    try:
+        net = build_model(model, dataset, "meta")
+    except ValueError:
+        return tuple(names)  # an unknown model is reported on its own
+    readable = readable_names(net)
+    paths = [path for path, _, _ in prunable_layers(net)]
+    resolved = []
+    for name in names:
+        if name not in paths and name not in readable:
+            choices = ", ".join(f"{r} ({path})" for r, path in readable.items())
+            bad("pruning.exclude", f"{shorten(name)} is not a prunable layer; choose a name or module path: "
+                f"{choices} (`python -m lotto layers {model.name}` lists them)")
+        resolved.append(name if name in paths else readable.get(name, name))
+    return tuple(dict.fromkeys(resolved))
 
 
 def _resolve_mask_training(p: dict[str, Any], training: TrainingSpec, step: Any,
@@ -795,6 +838,6 @@ def _resolve_rewinding(r: dict[str, Any], training: TrainingSpec, step: Any, bad
         bad("rewinding.lr", f"'rewind' follows the weights' step, so needs weights: step (weights is {weights!r})")
     offset = k if lr == "rewind" else 0
     retrain = step("rewinding.retrain", r["retrain"]) if "retrain" in r else training.duration - offset
-    if retrain <= 0:
+    if retrain <= 0 and "retrain" in r:  # else rewinding.step is reported
         bad("rewinding.retrain", f"{r.get('retrain')!r}; allowed: at least 1 iteration")
     return RewindingSpec(weights=weights, step=k, back=back, lr=lr, retrain=retrain)

@@ -16,6 +16,7 @@ An Early-Bird experiment (an `earlybird` section) has no rounds: per seed, its s
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,7 +72,8 @@ def training_state(training: Training) -> dict[str, str]:
         return {
             "state": "done",
             "density": f"{summary.density * 100:.3g}%",
-            "acc@stop": f"{summary.early_stop_accuracy * 100:.2f}%",
+            "acc@stop": "no val set" if math.isnan(summary.early_stop_accuracy)
+            else f"{summary.early_stop_accuracy * 100:.2f}%",
             "acc@final": f"{summary.final_accuracy * 100:.2f}%",
             "note": "diverged" if summary.status == "diverged" else _earlybird_note(training.directory),
         }

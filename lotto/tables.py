@@ -85,8 +85,13 @@ def write_tables(
     return table
 
 
+NO_EARLY_STOP = "– at early stop: no validation set (dataset.val_size: 0), so no early-stop iteration."
+
+
 def _caption(table: pd.DataFrame) -> str:
-    return f"{', '.join(table.experiment.unique())}. {CAPTION}"
+    caption = f"{', '.join(table.experiment.unique())}. {CAPTION}"
+    no_stop = table.early_stop_mean.isna() & table.final_accuracy_mean.notna()
+    return f"{caption} {NO_EARLY_STOP}" if no_stop.any() else caption
 
 
 def _cells(table: pd.DataFrame, pm: str, escape) -> tuple[list[str], list[dict]]:

@@ -230,7 +230,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, precision: str 
 
 
 class Progress:
-    """Logs iterations/s, current accuracy and ETA at most every `every` seconds."""
+    """Logs iterations/s, current accuracy and ETA at most every `every` seconds. The rate is
+    wall-clock over the whole loop, so it includes evaluation time (the line says so)."""
 
     def __init__(self, label: str, total: int, every: float = 10.0, stream: Any = sys.stderr):
         self.label, self.total, self.every, self.stream = label, total, every, stream
@@ -246,7 +247,7 @@ class Progress:
         rate = done / elapsed if elapsed > 0 else 0.0
         eta = (self.total - step) / rate if rate > 0 else float("nan")
         print(
-            f"[{self.label}] step {step}/{self.total}  {rate:,.0f} it/s  test acc {test_acc:.4f}  "
+            f"[{self.label}] step {step}/{self.total}  {rate:,.0f} it/s incl. eval  test acc {test_acc:.4f}  "
             f"ETA {eta:,.0f} s",
             file=self.stream,
             flush=True,

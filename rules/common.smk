@@ -3,18 +3,58 @@
 import json
 import os
 import re
+import shlex
 import sys
 from dataclasses import replace
 from pathlib import Path
 
-from snakemake.utils import validate
-
-from lotto.spec import PruningSpec, RewindingSpec, SpecError, load_experiment
+from lotto.inputs import (
+    DuplicateKeyError,
+    InputError,
+    load_yaml,
+    name_problem,
+    outside_results,
+)
+from lotto.spec import (
+    PruningSpec,
+    RewindingSpec,
+    SpecError,
+    load_experiment,
+    validate_document,
+)
 from lotto import eb_plan
 from lotto.optimal_masks import LOGITS_FILE
 from lotto.rounds import LOCAL_BRANCHES, start_point
 
-validate(config, schema="../config/schema/config.schema.yaml")
+# lotto's own files (Snakefile, rules/, config/experiments/): this file's parent folder, also
+# when lotto is a module of a user's workflow (workflow.basedir is then the user's folder).
+LOTTO_DIR = Path(str(workflow.current_basedir)).parent
+
+
+CONFIG_SOURCE = ", ".join(map(str, workflow.configfiles)) or "config"
+
+
+def _config_problems():
+    """The config files (strict YAML: duplicate keys, encoding) and the merged config
+    (lotto's schema), one line per problem naming the file(s)."""
+    problems, unreadable = [], False
+    for path in workflow.configfiles:
+        try:
+            load_yaml(path, "config file")
+        except DuplicateKeyError as err:
+            problems.append(str(err))
+        except InputError as err:
+            problems.append(str(err))
+            unreadable = True
+    if unreadable:  # e.g. an alias bomb: the schema check would walk all of it
+        return problems
+    schema = load_yaml(LOTTO_DIR / "config/schema/config.schema.yaml", "schema")
+    try:
+        validate_document(config, CONFIG_SOURCE, schema)
+    except SpecError as err:
+        problems += str(err).splitlines()
+    return problems
+
 
 RESERVED = {"data", "dense", "figures", "tables", "logs", "benchmarks", "studies"}
 FIGURE_KINDS = ["accuracy", "early_stop", "curves"]
@@ -27,19 +67,27 @@ def _experiment_file(entry):
     if path.suffix in (".yaml", ".yml"):
         return path
     local = Path("config/experiments") / f"{entry}.yaml"
-    shipped = Path(workflow.basedir) / local
+    shipped = LOTTO_DIR / local
     return local if local.exists() or not shipped.exists() else shipped
 
 
-def _load_experiments(entries):
-    """Resolve every experiment before any job starts; report all errors at once, no traceback."""
-    specs, problems = {}, []
-    for entry in entries:
+def _load_experiments(entries, problems):
+    """Resolve every experiment before any job starts; report all errors at once (with
+    `problems` found before), no traceback. An unexpected exception is reported with its
+    type, naming the file, and does not hide the other files' problems."""
+    specs = {}
+    for entry in entries if isinstance(entries, list) else []:
+        if not isinstance(entry, str):
+            continue  # reported by the config schema
         path = _experiment_file(entry)
         try:
             spec = load_experiment(path)
         except SpecError as err:
             problems.append(str(err))
+            continue
+        except Exception as err:  # a bug in lotto: reported, with the file, not hidden
+            message = " ".join(str(err).split())[:300]
+            problems.append(f"{path}: unexpected {type(err).__name__}: {message}")
             continue
         if spec.name in RESERVED:
             problems.append(
@@ -53,7 +101,7 @@ def _load_experiments(entries):
     return specs
 
 
-EXPERIMENTS = _load_experiments(config["experiments"])
+EXPERIMENTS = _load_experiments(config.get("experiments"), _config_problems())
 DENSE = {}  # dense_key -> the spec whose data/model/training round 0 uses
 for _spec in EXPERIMENTS.values():
     DENSE.setdefault(_spec.dense_key, _spec)

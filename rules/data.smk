@@ -8,13 +8,13 @@ rule prepare_data:
     params:
         name=lambda w: DATA[w.dataset].dataset.name,
         root=lambda w: (
-            f"--root {DATA[w.dataset].dataset.root}"
+            f"--root {shlex.quote(DATA[w.dataset].dataset.root)}"
             if DATA[w.dataset].dataset.root
             else ""
         ),
         download=lambda w: "--download" if DATA[w.dataset].dataset.download else "",
         synthetic=lambda w: (
-            f"--synthetic '{json.dumps(dict(DATA[w.dataset].dataset.synthetic))}'"
+            f"--synthetic {shlex.quote(json.dumps(dict(DATA[w.dataset].dataset.synthetic)))}"
             if DATA[w.dataset].dataset.synthetic
             else ""
         ),

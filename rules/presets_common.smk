@@ -9,19 +9,22 @@ def _load_studies(entries):
     """Check every study and transfer against the resolved experiments before any job starts."""
     studies, problems = {}, []
     known = ", ".join(sorted(EXPERIMENTS))
+    where = f"{CONFIG_SOURCE}: studies"
     for entry in entries:
         name = entry["name"]
+        if name_problem(name):
+            problems.append(f"{where}: name: {name_problem(name)}")
         if name in studies:
-            problems.append(f"studies: {name!r} is used by two studies")
+            problems.append(f"{where}: {name!r} is used by two studies")
         missing = [e for e in entry["experiments"] if e not in EXPERIMENTS]
         if missing:
             problems.append(
-                f"studies: {name}: {missing} are not experiments of this config; "
+                f"{where}: {name}: {missing} are not experiments of this config; "
                 f"add them to experiments (now: {known})"
             )
         if entry["kind"] in STUDY_TABLE_KINDS and len(entry["experiments"]) != 1:
             problems.append(
-                f"studies: {name}: kind {entry['kind']!r} tabulates one experiment's branches; "
+                f"{where}: {name}: kind {entry['kind']!r} tabulates one experiment's branches; "
                 f"got {len(entry['experiments'])} experiments"
             )
         studies[name] = entry
@@ -73,3 +76,23 @@ def transfer_dirs(wildcards):
         "round_dir": round_dir(source.name, wildcards.seed, wildcards.round),
         "dense": dense_dir(source, wildcards.seed),
     }
+
+
+def _check_outputs_inside_results():
+    """Every target path lands under results/ (guaranteed by safe names; checked anyway)."""
+    escaping = outside_results(
+        [
+            *figure_targets(),
+            *table_targets(),
+            *study_targets(),
+            *(f"results/{e}/metrics.parquet" for e in EXPERIMENTS),
+        ]
+    )
+    if escaping:
+        sys.exit(
+            "lotto: invalid configuration\n"
+            + "\n".join(f"{p}: would be written outside results/" for p in escaping)
+        )
+
+
+_check_outputs_inside_results()

@@ -234,10 +234,13 @@ def test_summary_early_stop_is_the_minimum_validation_loss_earliest_on_ties():
     assert (summary.loc[0, "status"], summary.loc[1, "status"]) == ("ok", "diverged")
 
 
-def test_summary_without_finite_validation_uses_the_last_step():
+def test_summary_without_finite_validation_has_no_early_stop():
+    """val_size 0 writes NaN validation rows: there is no early stop, and the summary says so
+    (NaN) instead of silently reporting the last step."""
     rows = run_rows({0: math.nan, 10: math.nan}, {0: 0.1, 10: 0.4})
     summary = metrics.summarize(pd.DataFrame([{**CONSTANTS, **row} for row in rows]))
-    assert summary.loc[0, "early_stop_step"] == 10 and summary.loc[0, "early_stop_accuracy"] == 0.4
+    assert math.isnan(summary.loc[0, "early_stop_step"]) and math.isnan(summary.loc[0, "early_stop_accuracy"])
+    assert (summary.loc[0, "final_step"], summary.loc[0, "final_accuracy"]) == (10, 0.4)
 
 
 def test_disk_full_gives_a_clear_error_and_no_partial_file(tmp_path):

@@ -150,8 +150,8 @@ def step_leaf(name: str, invalid: st.SearchStrategy | None, valid: st.SearchStra
 
 MODEL_NAMES = models.model_names()
 LEAVES = [
-    Leaf(("name",), "string", invalid=st.sampled_from(["a b", "x/y", "", "é", "n:1"]),
-         valid=st.from_regex(r"[A-Za-z0-9_.-]{1,12}", fullmatch=True), resolved=lambda s: s.name),
+    Leaf(("name",), "string", invalid=st.sampled_from(["a b", "x/y", "", "é", "n:1", ".", "..", "-x"]),
+         valid=st.from_regex(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,11}", fullmatch=True), resolved=lambda s: s.name),
     Leaf(("description",), "string", valid=st.text(max_size=20), resolved=lambda s: s.description),
     Leaf(("seeds",), "array", valid=st.lists(st.integers(0, 1000), min_size=1, max_size=4,
                                              unique=True),
