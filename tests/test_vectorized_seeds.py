@@ -138,7 +138,12 @@ def run_both_ways(spec, data, inputs, round_, root) -> tuple[list[Path], list[Pa
 
 def assert_same_round(alone: Path, together: Path, exact: bool = False) -> None:
     """Same files and metrics schema, the identical mask, weights and metrics equal up to float
-    rounding (batched and single matrix products round differently), or exactly."""
+    rounding (batched and single matrix products round differently), or exactly.
+
+    Weights agree to 2e-4, a tenth of one Adam step at this lr (2e-3): Adam divides each
+    step by the gradient's running RMS, so a rounding difference in a near-zero gradient moves
+    a weight by a fraction of the lr (on an AVX-512 AMD EPYC, 7 of 19,200 weights differed by up
+    to 6.4e-5 under learning-rate rewinding; on the Intel boxes of earlier sessions all < 1e-5)."""
     assert sorted(p.name for p in together.iterdir()) == sorted(p.name for p in alone.iterdir())
     assert set(ROUND_FILES) <= {p.name for p in together.iterdir()}
     mask_a, mask_t = masks.load(alone / "mask.pt"), masks.load(together / "mask.pt")
@@ -146,7 +151,7 @@ def assert_same_round(alone: Path, together: Path, exact: bool = False) -> None:
     state_a, state_t = io.load_torch(alone / "checkpoint.pt"), io.load_torch(together / "checkpoint.pt")
     assert state_a.keys() == state_t.keys()
     for key in state_a:
-        torch.testing.assert_close(state_t[key], state_a[key], rtol=0, atol=0 if exact else 1e-5)
+        torch.testing.assert_close(state_t[key], state_a[key], rtol=0, atol=0 if exact else 2e-4)
     assert io.load_torch(together / "rewind.pt") == io.load_torch(alone / "rewind.pt") == {}
     table_a, table_t = pq.read_table(alone / "metrics.parquet"), pq.read_table(together / "metrics.parquet")
     assert table_t.schema.equals(metrics.SCHEMA) and table_a.schema.equals(metrics.SCHEMA)
