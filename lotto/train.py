@@ -1,4 +1,5 @@
-"""The one training loop every recipe uses.
+"""The one training loop every recipe uses (TrainingLoop; train() for one model,
+lotto.vmap.train_seeds for several seeds at once).
 
 A training starts from given weights under a mask, at a given point of the LR schedule,
 for a given number of iterations. Batches are index gathers from tensors already on the
@@ -254,6 +255,197 @@ class Progress:
         )
 
 
+def lr_schedule(spec: TrainingSpec, start: int, constant_lr: bool) -> Callable[[int], float]:
+    """The LR of each round-local step: the schedule from `start`, or with `constant_lr` its final
+    value held throughout (fine-tuning). The one place the LR rule of a training is written."""
+    final_lr = spec.lr_at(spec.duration)
+    return lambda step: final_lr if constant_lr else spec.lr_at(start + step)
+
+
+@dataclass
+class TrainState:
+    """Where a training stands: all that a resumed call needs to continue bit for bit.
+
+    One entry per run in `rows` and `last_finite` (one run for train(), one per seed for
+    lotto.vmap); `loss_sum` and `correct_sum` stay on the device between evaluations and have the
+    runs' shape (a scalar for one run), and the captured CUDA graph writes into them in place.
+    """
+
+    loss_sum: torch.Tensor
+    correct_sum: torch.Tensor
+    rows: list[list[dict[str, Any]]]
+    last_finite: list[float | None]
+    good_state: dict[str, torch.Tensor]  # the weights of the last evaluation that did not diverge
+    snapshots: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
+    step: int = 0  # round-local steps done
+    seen: int = 0  # training examples since the last evaluation
+
+
+class TrainingLoop:
+    """The training core shared by train() and lotto.vmap.train_seeds: the step, the LR rule,
+    the metric sums, the evaluation rows and divergence, snapshots and resume points.
+
+    What is trained is given by a few callables, so the core never sees a model:
+    - `forward(x, y)` -> (mean loss per run: a scalar or one per seed, logits with the classes last);
+    - `batches(global_step)` -> (inputs, labels) on the device. Today an index gather from
+      resident tensors (BatchSchedule); a streamed loader (issue 15) is another such callable,
+      prefetching the batch of the next step while this one runs;
+    - `evaluate_split(x, y)` -> (loss, accuracy) per run over a whole split;
+    - `state_of()` -> a copy of the weights (snapshots and the last good state).
+    Training in several processes (issue 16) plugs in here too: each process's `batches` yields
+    its shard of the step's batch, `step` averages the gradients across processes between
+    backward and the optimizer step, `evaluate` sums the metric sums and split results across
+    processes before they are read, and only the first process writes (checkpoint and results).
+    """
+
+    def __init__(
+        self,
+        spec: TrainingSpec,
+        data: Splits,
+        *,
+        params: Iterable[torch.Tensor],
+        prunable: list[tuple[torch.Tensor, torch.Tensor]],
+        forward: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+        batches: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
+        evaluate_split: Callable[[torch.Tensor, torch.Tensor], list[tuple[float, float]]],
+        state_of: Callable[[], dict[str, torch.Tensor]],
+        steps: int,
+        start: int = 0,
+        constant_lr: bool = False,
+        bn_scales: Iterable[torch.Tensor] = (),
+        label: str = "train",
+    ):
+        """`prunable` pairs each prunable weight with its keep mask (same shape, any dtype)."""
+        self.spec, self.data, self.device = spec, data, data.train_x.device
+        self.forward, self.batches, self.evaluate_split, self.state_of = forward, batches, evaluate_split, state_of
+        self.steps, self.start, self.label = steps, start, label
+        self.lr = lr_schedule(spec, start, constant_lr)
+        # Only weights with pruned entries are re-zeroed after each step: multiplying by ones
+        # changes no bit, and skipping them saves a pass over the weights (all of them when dense).
+        pruned = [(w, keep) for w, keep in prunable if not bool(keep.all())]
+        self.masked = [w for w, _ in pruned]
+        self.mask_f = [keep.to(device=self.device, dtype=w.dtype) for w, keep in pruned]
+        self.decayed = [w for w, _ in prunable] if spec.l2 else []
+        self.bn_scales = list(bn_scales)
+        self.optimizer = make_optimizer(params, spec)
+        if self.masked:
+            with torch.no_grad():
+                torch._foreach_mul_(self.masked, self.mask_f)
+        self.sums: tuple[torch.Tensor, torch.Tensor] | None = None  # those of the running state
+
+    def new_state(self, runs: int) -> TrainState:
+        """The state before step 0 of `runs` runs (1: scalar sums, as train() has always kept)."""
+        shape = () if runs == 1 else (runs,)
+        return TrainState(
+            loss_sum=torch.zeros(shape, device=self.device),
+            correct_sum=torch.zeros(shape, device=self.device, dtype=torch.long),
+            rows=[[] for _ in range(runs)],
+            last_finite=[None] * runs,
+            good_state=self.state_of(),
+        )
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Forward, backward, update, re-zero pruned weights, add to the metric sums.
+
+        Run by the Stepper (possibly captured in a CUDA graph): no host reads, no rebinding."""
+        loss_sum, correct_sum = self.sums
+        with autocast(self.spec.precision, self.device):
+            losses, out = self.forward(x, y)
+        losses.sum().backward()  # runs are independent: each one's gradient is its own
+        if self.decayed:
+            torch._foreach_add_([w.grad for w in self.decayed], self.decayed, alpha=2.0 * self.spec.l2)
+        if self.spec.bn_l1:
+            for g in self.bn_scales:
+                g.grad.add_(torch.sign(g.detach()), alpha=self.spec.bn_l1)
+        self.optimizer.step()
+        with torch.no_grad():
+            if self.masked:
+                torch._foreach_mul_(self.masked, self.mask_f)
+            loss_sum.add_(losses.detach() * y.shape[-1])
+            correct_sum.add_((out.argmax(-1) == y).sum(-1))
+
+    def train_means(self, state: TrainState) -> list[tuple[float, float]]:
+        """Mean training loss and accuracy per run since the last evaluation (host sync).
+
+        One run divides on the host in float64; several divide the loss on the device (one
+        transfer for all seeds), as each path always has: unifying them would change the
+        vectorised seeds' train rows in the last bits."""
+        if state.loss_sum.dim() == 0:
+            return [(float(state.loss_sum) / state.seen, float(state.correct_sum) / state.seen)]
+        losses = (state.loss_sum / state.seen).tolist()
+        accuracies = (state.correct_sum.double() / state.seen).tolist()
+        return list(zip(losses, accuracies, strict=True))
+
+    def evaluate(self, state: TrainState, at: int, on_eval: Callable[[int], bool | None] | None) -> str:
+        """Record train/val/test rows at step `at`: 'diverged', 'stop' (on_eval asked) or 'ok'."""
+        lr = self.lr(max(at - 1, 0))  # that of the last step taken
+        if state.seen:
+            means = self.train_means(state)
+            diverged = [not math.isfinite(loss) or loss > self.spec.divergence_loss for loss, _ in means]
+            for run, ((loss, accuracy), bad) in enumerate(zip(means, diverged, strict=True)):
+                state.rows[run].append(_row(at, "train", loss, accuracy, lr, "diverged" if bad else "ok"))
+                if not bad:
+                    state.last_finite[run] = loss
+            if any(diverged):
+                return "diverged"
+        runs = len(state.rows)
+        data = self.data
+        val = self.evaluate_split(data.val_x, data.val_y) if len(data.val_x) else [(math.nan, math.nan)] * runs
+        test = self.evaluate_split(data.test_x, data.test_y)
+        for run in range(runs):
+            state.rows[run].append(_row(at, "val", *val[run], lr))
+            state.rows[run].append(_row(at, "test", *test[run], lr))
+        state.loss_sum.zero_()
+        state.correct_sum.zero_()
+        state.seen = 0
+        state.good_state = self.state_of()
+        stop = on_eval is not None and on_eval(at)
+        self.progress.update(at, test[0][1], at - self.first_step, force=at == self.steps)
+        return "stop" if stop else "ok"
+
+    def run(
+        self,
+        state: TrainState,
+        *,
+        snapshot_at: Iterable[int] = (),
+        on_eval: Callable[[int], bool | None] | None = None,
+        checkpoint: Callable[[TrainState], None] | None = None,
+    ) -> str:
+        """Train from `state` to `steps` (or an on_eval stop); 'diverged' or 'ok'.
+
+        Evaluates at step 0, every spec.eval_every steps and at the end; `checkpoint(state)` runs
+        every spec.checkpoint_every steps (not at the end), when given."""
+        spec, snapshot_at = self.spec, set(snapshot_at)
+        self.sums = state.loss_sum, state.correct_sum
+        self.progress, self.first_step = Progress(self.label, self.steps), state.step
+        stop_requested = False
+        if state.step == 0:
+            if 0 in snapshot_at:
+                state.snapshots[0] = self.state_of()
+            stop_requested = self.evaluate(state, 0, on_eval) == "stop"
+        stepper = Stepper(self.step, self.optimizer, graph=spec.cuda_graph)
+        while state.step < self.steps:
+            x, y = self.batches(self.start + state.step)
+            stepper(x, y, self.lr(state.step))
+            state.seen += y.shape[-1]
+            state.step += 1
+            if state.step in snapshot_at:
+                state.snapshots[state.step] = self.state_of()
+            if state.step % spec.eval_every == 0 or state.step == self.steps:
+                outcome = self.evaluate(state, state.step, on_eval)
+                if outcome == "diverged":
+                    last = state.last_finite[0] if len(state.last_finite) == 1 else state.last_finite
+                    print(f"[{self.label}] diverged before step {state.step}; last finite train loss {last}",
+                          file=sys.stderr, flush=True)
+                    return "diverged"
+                if outcome == "stop" or stop_requested:
+                    break
+            if checkpoint is not None and spec.checkpoint_every and state.step % spec.checkpoint_every == 0 \
+                    and state.step < self.steps:
+                checkpoint(state)
+        return "ok"
+
+
 def train(
     model: nn.Module,
     data: Splits,
@@ -281,137 +473,49 @@ def train(
     device = data.train_x.device
     if device.type == "cuda" and _has_conv(model):
         model.to(memory_format=torch.channels_last)  # what tensor-core convolutions want
-    layers = prunable_layers(model)
-    # Only layers with pruned weights are re-zeroed after each step: multiplying by ones
-    # changes no bit, and skipping them saves a pass over the weights (all of them when dense).
-    pruned = [(m.weight, mask[name]) for name, _, m in layers if not bool(mask[name].all())]
-    masked = [w for w, _ in pruned]
-    mask_f = [keep.to(device=device, dtype=w.dtype) for w, keep in pruned]
-    decayed = [m.weight for _, _, m in layers] if spec.l2 else []
-    bn_scales = [m.weight for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    optimizer = make_optimizer(model.parameters(), spec)
-    batches = BatchSchedule(data, spec.batch_size, seed)
-    final_lr = spec.lr_at(spec.duration)
-    snapshot_at = set(snapshot_at)
-
-    if masked:
-        with torch.no_grad():
-            torch._foreach_mul_(masked, mask_f)
+    loop = TrainingLoop(
+        spec, data,
+        params=model.parameters(),
+        prunable=[(m.weight, mask[name]) for name, _, m in prunable_layers(model)],
+        bn_scales=[m.weight for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)],
+        forward=lambda x, y: _mean_loss(model(x), y),
+        batches=BatchSchedule(data, spec.batch_size, seed).batch,
+        evaluate_split=lambda x, y: [evaluate(model, x, y, spec.precision)],
+        state_of=lambda: _clone_state(model),
+        steps=steps, start=start, constant_lr=constant_lr, label=label,
+    )  # fmt: skip
     torch.manual_seed(seed * 7919 + start)  # dropout randomness
-
-    rows: list[dict[str, Any]] = []
-    snapshots: dict[int, dict[str, torch.Tensor]] = {}
-    loss_sum = torch.zeros((), device=device)
-    correct_sum = torch.zeros((), device=device, dtype=torch.long)
-    seen = 0
-    step = 0
-    last_finite: float | None = None
-    good_state = _clone_state(model)
+    state = loop.new_state(runs=1)
     identity = _identity(spec, mask, seed, start, steps, constant_lr, model)
     saved = _load_resume(resume_path, identity, device, label)
     if saved is not None:
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        torch.set_rng_state(saved["rng_cpu"])
-        if device.type == "cuda" and "rng_cuda" in saved:
-            torch.cuda.set_rng_state(saved["rng_cuda"].cpu())
-        step, seen = int(saved["step"]), int(saved["seen"])
-        loss_sum.copy_(saved["loss_sum"])
-        correct_sum.copy_(saved["correct_sum"])
-        rows = [_row_from_saved(r) for r in saved["rows"]]
-        snapshots = saved["snapshots"]
-        last_finite = None if saved["last_finite"] < 0 else float(saved["last_finite"])
-        good_state = saved["good_state"]
-        print(f"[{label}] resumed at step {step}/{steps} from {resume_path}", file=sys.stderr, flush=True)
+        _restore(saved, state, model, loop.optimizer, device)
+        print(f"[{label}] resumed at step {state.step}/{steps} from {resume_path}", file=sys.stderr, flush=True)
 
-    progress = Progress(label, steps)
     t0 = time.perf_counter()
-
-    def evaluate_now(at: int) -> bool:
-        """Record train/val/test rows at step `at`; False if training diverged."""
-        nonlocal seen, last_finite, good_state, stop_requested
-        lr = final_lr if constant_lr else spec.lr_at(start + max(at - 1, 0))
-        if seen:
-            train_loss = float(loss_sum) / seen  # host sync: evaluation point
-            if not math.isfinite(train_loss) or train_loss > spec.divergence_loss:
-                rows.append(_row(at, "train", train_loss, float(correct_sum) / seen, lr, "diverged"))
-                return False
-            rows.append(_row(at, "train", train_loss, float(correct_sum) / seen, lr))
-            last_finite = train_loss
-        val = evaluate(model, data.val_x, data.val_y, spec.precision) if len(data.val_x) else (math.nan, math.nan)
-        test = evaluate(model, data.test_x, data.test_y, spec.precision)
-        rows.append(_row(at, "val", *val, lr))
-        rows.append(_row(at, "test", *test, lr))
-        loss_sum.zero_()
-        correct_sum.zero_()
-        seen = 0
-        good_state = _clone_state(model)
-        if on_eval is not None and on_eval(at, model):
-            stop_requested = True
-        progress.update(at, test[1], at - step0, force=at == steps)
-        return True
-
-    step0 = step
-    stop_requested = False
-    status = "ok"
-    diverged_step = None
     model.train()
-    if step == 0:
-        if 0 in snapshot_at:
-            snapshots[0] = _clone_state(model)
-        evaluate_now(0)
-    def train_step(x: torch.Tensor, y: torch.Tensor) -> None:
-        """Forward, backward, update, re-zero pruned weights, add to the metric sums."""
-        with autocast(spec.precision, device):
-            out = model(x)
-            loss = F.cross_entropy(out, y)
-        loss.backward()
-        if decayed:
-            torch._foreach_add_([w.grad for w in decayed], decayed, alpha=2.0 * spec.l2)
-        if spec.bn_l1:
-            for g in bn_scales:
-                g.grad.add_(torch.sign(g.detach()), alpha=spec.bn_l1)
-        optimizer.step()
-        with torch.no_grad():
-            if masked:
-                torch._foreach_mul_(masked, mask_f)
-            loss_sum.add_(loss.detach() * len(y))
-            correct_sum.add_((out.argmax(1) == y).sum())
-
-    stepper = Stepper(train_step, optimizer, graph=spec.cuda_graph)
-    while step < steps:
-        global_step = start + step
-        x, y = batches.batch(global_step)
-        stepper(x, y, final_lr if constant_lr else spec.lr_at(global_step))
-        seen += len(y)
-        step += 1
-        if step in snapshot_at:
-            snapshots[step] = _clone_state(model)
-        if step % spec.eval_every == 0 or step == steps:
-            if not evaluate_now(step):
-                status, diverged_step = "diverged", step
-                print(f"[{label}] diverged before step {step}; last finite train loss {last_finite}",
-                      file=sys.stderr, flush=True)
-                break
-            if stop_requested:
-                break
-        if resume_path is not None and spec.checkpoint_every and step % spec.checkpoint_every == 0 and step < steps:
-            _save_resume(resume_path, identity, model, optimizer, step, seen, loss_sum, correct_sum,
-                         rows, snapshots, last_finite, good_state, device)
-
+    status = loop.run(
+        state,
+        snapshot_at=snapshot_at,
+        on_eval=None if on_eval is None else lambda at: on_eval(at, model),
+        checkpoint=None if resume_path is None else
+        lambda s: _save_resume(resume_path, identity, model, loop.optimizer, s, device),
+    )  # fmt: skip
     if status == "diverged":
-        model.load_state_dict(good_state)
-        for r in rows:
-            r.setdefault("status", "ok")
+        model.load_state_dict(state.good_state)
     return TrainResult(
-        rows=rows,
+        rows=state.rows[0],
         state=_clone_state(model),
-        snapshots=snapshots,
+        snapshots=state.snapshots,
         status=status,
-        diverged_step=diverged_step,
-        last_finite_loss=last_finite,
+        diverged_step=state.step if status == "diverged" else None,
+        last_finite_loss=state.last_finite[0],
         seconds=time.perf_counter() - t0,
     )
+
+
+def _mean_loss(out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return F.cross_entropy(out, y), out
 
 
 def _has_conv(model: nn.Module) -> bool:
@@ -460,22 +564,39 @@ def _load_resume(path: Path | None, identity: str, device: torch.device, label: 
     return saved
 
 
-def _save_resume(path: Path, identity: str, model, optimizer, step, seen, loss_sum, correct_sum, rows,
-                 snapshots, last_finite, good_state, device) -> None:
-    state = {
+def _restore(saved: dict, state: TrainState, model: nn.Module, optimizer: torch.optim.Optimizer,
+             device: torch.device) -> None:
+    """Put a single run's saved progress back: weights, optimizer, RNG and `state` (in place)."""
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    torch.set_rng_state(saved["rng_cpu"])
+    if device.type == "cuda" and "rng_cuda" in saved:
+        torch.cuda.set_rng_state(saved["rng_cuda"].cpu())
+    state.step, state.seen = int(saved["step"]), int(saved["seen"])
+    state.loss_sum.copy_(saved["loss_sum"])
+    state.correct_sum.copy_(saved["correct_sum"])
+    state.rows = [[_row_from_saved(r) for r in saved["rows"]]]
+    state.snapshots = saved["snapshots"]
+    state.last_finite = [None if saved["last_finite"] < 0 else float(saved["last_finite"])]
+    state.good_state = saved["good_state"]
+
+
+def _save_resume(path: Path, identity: str, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 state: TrainState, device: torch.device) -> None:
+    saved = {
         "identity": identity,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "rng_cpu": torch.get_rng_state(),
-        "step": step,
-        "seen": seen,
-        "loss_sum": loss_sum,
-        "correct_sum": correct_sum,
-        "rows": rows,
-        "snapshots": snapshots,
-        "last_finite": -1.0 if last_finite is None else last_finite,
-        "good_state": good_state,
+        "step": state.step,
+        "seen": state.seen,
+        "loss_sum": state.loss_sum,
+        "correct_sum": state.correct_sum,
+        "rows": state.rows[0],
+        "snapshots": state.snapshots,
+        "last_finite": -1.0 if state.last_finite[0] is None else state.last_finite[0],
+        "good_state": state.good_state,
     }
     if device.type == "cuda":
-        state["rng_cuda"] = torch.cuda.get_rng_state()
-    io.save_torch(path, state)
+        saved["rng_cuda"] = torch.cuda.get_rng_state()
+    io.save_torch(path, saved)
