@@ -176,8 +176,9 @@ HEADERS = {
 }
 
 
-def write_table(summaries: pd.DataFrame, searches: list[dict], out: str | Path) -> str:
-    """Table 2's shape as Markdown; returns the text written."""
+def write_table(summaries: pd.DataFrame, searches: list[dict], out: str | Path, energy: str = "") -> str:
+    """Table 2's shape as Markdown; returns the text written. `energy` (lotto.energy's sentence
+    for the search and retraining jobs, '' when none was measured) follows the FLOPs note."""
     rows = table_rows(summaries, searches)
     lines = ["| " + " | ".join(HEADERS.values()) + " |", "|" + "---|" * len(HEADERS)]
     lines += ["| " + " | ".join(str(row[key]) for key in HEADERS) + " |" for row in rows]
@@ -185,6 +186,6 @@ def write_table(summaries: pd.DataFrame, searches: list[dict], out: str | Path) 
             "rate p, retrained from theta_0 (its FLOPs count dense kernels). Network slimming: the "
             "final dense model's channels pruned at p, retrained from its weights. Training FLOPs "
             "are analytic (conv + linear, backward = 2x forward).\n")
-    text = "\n".join(lines) + "\n" + note
+    text = "\n".join(lines) + "\n" + note + (f"\n{energy}\n" if energy else "")
     io.write_text(out, text)
     return text

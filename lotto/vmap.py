@@ -37,6 +37,7 @@ from lotto.train import (
     TrainResult,
     _row,
     autocast,
+    in_training_precision,
     make_optimizer,
 )
 
@@ -60,6 +61,7 @@ def check_vectorisable(model: nn.Module) -> None:
             )
 
 
+@in_training_precision
 def train_seeds(
     models: list[nn.Module],
     data: Splits,

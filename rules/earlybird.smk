@@ -23,11 +23,13 @@ rule eb_search:
     threads: config.get("threads", 1)
     resources:
         mem_mb=config.get("mem_mb", 3000),
-        gpu=gpus,
+        gpu=whole_gpus,
+        gpu_slot=gpus,
     params:
+        slot=slot_options,
         out=lambda w, output: os.path.dirname(output.eb),
     shell:
-        "python -m lotto.gpu_slot -n {resources.gpu} -- "
+        "python -m lotto.gpu_slot {params.slot} --energy {log}.energy.json -- "
         "python -m lotto eb-search --spec {input.spec} --data {input.data} --seed {wildcards.seed} "
         "--threads {threads} --out {params.out} > {log} 2>&1"
 
@@ -55,16 +57,33 @@ rule eb_train:
     threads: config.get("threads", 1)
     resources:
         mem_mb=config.get("mem_mb", 3000),
-        gpu=gpus,
+        gpu=whole_gpus,
+        gpu_slot=gpus,
     params:
+        slot=slot_options,
         ratio=lambda w: eb_ratio(w.experiment, w.ratio),
         search=lambda w, input: os.path.dirname(input.eb),
         out=lambda w, output: os.path.dirname(output.summary),
     shell:
-        "python -m lotto.gpu_slot -n {resources.gpu} -- "
+        "python -m lotto.gpu_slot {params.slot} --energy {log}.energy.json -- "
         "python -m lotto eb-train --spec {input.spec} --data {input.data} --seed {wildcards.seed} "
         "--search {params.search} --ratio {params.ratio} --ticket {wildcards.ticket} "
         "--mode {wildcards.mode} --threads {threads} --out {params.out} > {log} 2>&1"
+
+
+def eb_energy_records(experiment):
+    """The energy record (lotto.energy) of each search and retraining, beside its log."""
+    spec = EXPERIMENTS[experiment]
+    logs = [
+        f"results/logs/{experiment}/eb/seed{seed}/search.log" for seed in spec.seeds
+    ]
+    logs += [
+        f"results/logs/{experiment}/eb/seed{seed}/{_earlybird.ratio_label(ratio)}-{ticket}-{mode}.log"
+        for seed in spec.seeds
+        for ratio in spec.earlybird.ratios
+        for ticket, mode in _earlybird.retrain_jobs(spec)
+    ]
+    return [f"{log}.energy.json" for log in logs]
 
 
 rule eb_figures:
@@ -85,6 +104,8 @@ rule eb_figures:
         "../envs/lotto.yaml"
     params:
         out_dir=lambda w, output: os.path.dirname(output.accuracy),
+        energy=lambda w: eb_energy_records(w.experiment),
     shell:
         "python -m lotto eb-figures --searches {input.searches} --summaries {input.summaries} "
-        "--out-dir {params.out_dir} --table {output.table} --title {wildcards.experiment} > {log} 2>&1"
+        "--out-dir {params.out_dir} --table {output.table} --title {wildcards.experiment} "
+        "--energy {params.energy:q} > {log} 2>&1"
