@@ -38,7 +38,7 @@ def test_flags_hold_for_forward_and_backward_and_are_restored(splits):
         seen = []
         model = lenet(0)
         model[1].register_forward_hook(lambda *_: seen.append(("forward", tf32_flags())))
-        model[1].register_full_backward_hook(lambda *_: seen.append(("backward", tf32_flags())))
+        model[3].register_full_backward_hook(lambda *_: seen.append(("backward", tf32_flags())))
         train(model, splits, tiny_spec(**TF32).training, mask=masks.ones(model), seed=0, steps=3)
         assert {("forward", (True, True)), ("backward", (True, True))} <= set(seen)
         assert tf32_flags()[0] is False  # restored
