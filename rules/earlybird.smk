@@ -71,21 +71,6 @@ rule eb_train:
         "--mode {wildcards.mode} --threads {threads} --out {params.out} > {log} 2>&1"
 
 
-def eb_energy_records(experiment):
-    """The energy record (lotto.energy) of each search and retraining, beside its log."""
-    spec = EXPERIMENTS[experiment]
-    logs = [
-        f"results/logs/{experiment}/eb/seed{seed}/search.log" for seed in spec.seeds
-    ]
-    logs += [
-        f"results/logs/{experiment}/eb/seed{seed}/{_earlybird.ratio_label(ratio)}-{ticket}-{mode}.log"
-        for seed in spec.seeds
-        for ratio in spec.earlybird.ratios
-        for ticket, mode in _earlybird.retrain_jobs(spec)
-    ]
-    return [f"{log}.energy.json" for log in logs]
-
-
 rule eb_figures:
     input:
         searches=lambda w: [
