@@ -46,6 +46,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -168,12 +169,20 @@ def run_config(args, model: str, k: int, precision: str, data_cache: Path, sampl
                f"gpu_slot={k}", "--quiet", "--nolock", target]
     started = time.time()
     timeout = max(5.0, deadline - time.monotonic())
+    # its own process group, so that a slice cut by the budget leaves no job running
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)
     try:
-        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
-        failed = result.returncode != 0
-        tail = (result.stdout + result.stderr)[-3000:]
-    except subprocess.TimeoutExpired as expired:
-        failed, tail = True, f"timed out after {timeout:.0f} s\n" + str(expired.stderr or "")[-2000:]
+        output, _ = process.communicate(timeout=timeout)
+        failed, tail = process.returncode != 0, output[-3000:]
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            output, _ = process.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            output, _ = process.communicate()
+        failed, tail = True, f"stopped by the budget after {timeout:.0f} s\n" + (output or "")[-2000:]
     if (work / "results" / "data").exists():  # the next slices of this model skip data preparation
         shutil.copytree(work / "results" / "data", data_cache, dirs_exist_ok=True)
     jobs = [json.loads(line) for line in slot_log.read_text().splitlines()] if slot_log.exists() else []
@@ -357,7 +366,8 @@ def main() -> None:
             # Skip a configuration the slices so far say would not finish in time: 4k jobs on k
             # slots are about 4 waves of the slowest job seen for this model (conv6's for an
             # unseen conv net), plus Snakemake's start.
-            slowest = seconds_per_job.get(model, seconds_per_job.get("conv6", 8.0))
+            fallback = seconds_per_job.get("conv6", 8.0) if model.startswith("conv") else 8.0
+            slowest = seconds_per_job.get(model, fallback)
             guess = 4 * slowest + 15
             if remaining < guess:
                 print(f"skipped {model} k={k} {precision}: {remaining:.0f} s left, needs ~{guess:.0f} s", flush=True)
