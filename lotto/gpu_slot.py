@@ -213,14 +213,13 @@ def gpu_memory_mb(gpu_id: str, environ: Mapping[str, str] = os.environ) -> tuple
 
 def _estimate_of(fd: int) -> int:
     """The memory estimate a slot's holder wrote into its lock file (0 if none)."""
-    text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+    text = os.pread(fd, 16, 0).decode(errors="replace").strip()
     return int(text) if text.isdigit() else 0
 
 
 def _record_estimate(fd: int, need_mb: int) -> None:
-    try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{need_mb}\n".encode(), 0)
+    try:  # one fixed-width write, no truncation: a reader sees the old or the new number
+        os.pwrite(fd, f"{need_mb:>15}\n".encode(), 0)
     except OSError:
         pass  # a read-only lock file (another user's): the estimate is not shared
 
