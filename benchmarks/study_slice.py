@@ -326,7 +326,7 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=400, help="seconds for the whole script (hard cap)")
     parser.add_argument("--quick", action="store_true", help="tiny data and durations (CPU dry run)")
     parser.add_argument("--fake-gpu", action="store_true",
-                        help="LOTTO_GPUS=0: jobs take slots of a fake GPU and train on the CPU")
+                        help="on a CPU box: jobs take slots of a fake GPU 0 and train on the CPU")
     parser.add_argument("--work", default=None, help="scratch folder (default: a temp dir)")
     parser.add_argument("--cores", type=int, default=os.cpu_count())
     parser.add_argument("--configs", nargs="*", help="run only these, e.g. lenet-k2-fp32 conv6-k8-bf16")
@@ -348,8 +348,11 @@ def main() -> None:
     (bin_dir / "python").chmod(0o755)  # venv's interpreter finds its packages by the path it runs as
     os.environ["PATH"] = f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    if args.fake_gpu:
-        os.environ["LOTTO_GPUS"] = "0"
+    # One GPU, named, so that no wrapper imports torch to count the GPUs (seconds per job).
+    # With --fake-gpu on a CPU box the jobs still take slots of it and train on the CPU.
+    os.environ["LOTTO_GPUS"] = "0"
+    if not args.fake_gpu and not shutil.which("nvidia-smi"):
+        parser.error("no nvidia-smi here: on a CPU box run with --fake-gpu (and --quick)")
     header = machine_header()
     print(header, flush=True)
     sampler = GpuSampler()
