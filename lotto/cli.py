@@ -179,9 +179,10 @@ def cmd_figure(args: argparse.Namespace) -> None:
 
 
 def cmd_tables(args: argparse.Namespace) -> None:
-    from lotto import tables
+    from lotto import energy, tables
 
-    tables.write_tables(_read_metrics(args.metrics), args.md, args.tex, args.html)
+    measured = energy.read(args.energy).sentence()
+    tables.write_tables(_read_metrics(args.metrics), args.md, args.tex, args.html, energy=measured)
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -257,7 +258,7 @@ def cmd_eb_train(args: argparse.Namespace) -> None:
 
 
 def cmd_eb_figures(args: argparse.Namespace) -> None:
-    from lotto import eb_figures
+    from lotto import eb_figures, energy
 
     searches = eb_figures.read_searches(args.searches)
     summaries = eb_figures.read_summaries(args.summaries)
@@ -265,7 +266,8 @@ def cmd_eb_figures(args: argparse.Namespace) -> None:
     eb_figures.accuracy_vs_epoch(summaries, searches, out / "eb_accuracy.png", title=args.title)
     eb_figures.distance_matrices(searches, out / "eb_distances.png", title=args.title)
     eb_figures.flops_vs_epoch(summaries, out / "eb_flops.png", title=args.title)
-    eb_figures.write_table(summaries, searches, args.table, args.table_html, title=args.title)
+    eb_figures.write_table(summaries, searches, args.table, args.table_html, title=args.title,
+                           energy=energy.read(args.energy).sentence())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -353,6 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--md", required=True)
     p.add_argument("--tex", required=True)
     p.add_argument("--html", help="HTML fragment for the report")
+    p.add_argument("--energy", nargs="*", default=[],
+                   help="the jobs' energy records (lotto.gpu_slot --energy); missing ones are skipped")
 
     p = verb("report", cmd_report, "the HTML report: figures, tables, specs and run facts")
     p.add_argument("--out", required=True, help="report .html; links are relative to its folder")
@@ -384,6 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--table", required=True, help="Markdown table output")
     p.add_argument("--table-html", help="the table as an HTML fragment for the report")
     p.add_argument("--title")
+    p.add_argument("--energy", nargs="*", default=[],
+                   help="the jobs' energy records (lotto.gpu_slot --energy); missing ones are skipped")
 
     p = verb("boxes", cmd_boxes, "box plots of test accuracy over seeds per density (PNG and PDF)")
     p.add_argument("--metrics", nargs="+", required=True, help="metrics parquet files")

@@ -203,12 +203,16 @@ TABLE_NOTE = (
 
 
 def write_table(summaries: pd.DataFrame, searches: list[dict], out: str | Path,
-                out_html: str | Path | None = None, title: str | None = None) -> str:
+                out_html: str | Path | None = None, title: str | None = None,
+                energy: str = "") -> str:
     """Table 2's shape in Markdown (and as an HTML fragment for the report when asked), from the
-    package's table templates; returns the Markdown written."""
+    package's table templates; returns the Markdown written. `energy` (lotto.energy's sentence
+    for the search and retraining jobs, '' when none was measured) follows the FLOPs note."""
     rows = [{"cells": [str(row[key]) for key in HEADERS], "group_start": False}
             for row in table_rows(summaries, searches)]
     caption = f"{title + ': ' if title else ''}Early-Bird tickets against the dense model. {TABLE_NOTE}"
+    if energy:
+        caption += f" {energy}"
     environment = template_environment()
     texts = {}
     for path, template in ((out, "table.md.j2"), (out_html, "table.html.j2")):

@@ -32,6 +32,31 @@ Which GPUs exist (the pool)
     (torch is imported only in that case), else none. A variable that is set but empty
     means "no GPUs".
 
+Several jobs per GPU (``-k K``, config ``gpu_slots``)
+    Each GPU offers K slots: slot 0 is the lock file above, slot j > 0 is
+    ``gpu-<id>.slot<j>.lock``. A job takes one slot on each of its N GPUs (never two slots of
+    one GPU), all-or-nothing as above, so a GPU runs at most K jobs that ask with that K (a job
+    asking with K=1 uses slot 0 only). Slots are tried slot-major (slot 0 of every GPU first),
+    which spreads jobs over the GPUs before stacking them. With ``--mem-mb M`` (the job's
+    estimated GPU memory, lotto.gpu_memory) the wrapper writes M into its slot file and takes a
+    slot only if M plus the estimates written by the GPU's other slot holders fits in the GPU's
+    memory and M fits in its free memory (nvidia-smi; ``$LOTTO_GPU_MEM_MB`` overrides both, e.g.
+    for fake ids); a job alone on a GPU is never held back. When neither source answers, no
+    memory check is made. Each job writes its estimate before it checks, so of two jobs
+    checking at once at least one sees the other.
+
+Energy (``--energy FILE``)
+    On NVIDIA GPUs, the wrapper reads NVML's total-energy counter of each of its GPUs (the
+    optional package nvidia-ml-py, module ``pynvml``) at the start, every ENERGY_SAMPLE_S
+    seconds and at the end of the command. The energy of each interval is divided by the
+    number of jobs holding a slot of that GPU at the end of the interval (this job included;
+    counted by probing the slot locks), so k jobs sharing a GPU each get the board energy of
+    the time they ran together divided by k: a share by time, not by each job's own use of
+    the GPU. FILE gets ``{"joules", "board_joules", "seconds", "samples", "mean_jobs",
+    "gpus"}`` (lotto.energy reads it). Without NVML, without GPUs or when a counter is not
+    supported, no FILE is written (a stale one is removed). GPU ids are taken as NVML
+    indices (or UUIDs): set ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` on boxes whose GPUs differ.
+
 Special cases
     ``-n 0`` runs the command with ``CUDA_VISIBLE_DEVICES=""`` (a CPU job) and takes no lock.
     Under SLURM (``SLURM_JOB_ID`` and ``CUDA_VISIBLE_DEVICES`` both set) the scheduler has
@@ -47,11 +72,11 @@ Signals and exit codes
 Job log
     If ``$LOTTO_GPU_SLOT_LOG`` names a file, the wrapper appends one JSON line per job when
     the command ends, while it still holds the GPUs:
-    ``{"job": ..., "gpus": [...], "start": ..., "end": ..., "returncode": ...}``
+    ``{"job": ..., "gpus": [...], "slots": [...], "start": ..., "end": ..., "returncode": ...}``
     (``start``/``end`` are ``time.time()`` seconds; ``job`` is ``--job`` or the command).
     Steps aside under SLURM write nothing.
 
-Library use: ``with acquire(n, pool, lock_dir) as slot: ... slot.ids ...``.
+Library use: ``with acquire(n, pool, lock_dir, per_gpu=k) as slot: ... slot.ids ...``.
 """
 
 from __future__ import annotations
@@ -67,15 +92,20 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+
+from lotto import io
 
 POLL_INTERVAL_S = 0.05
 EXIT_USAGE = 2
 EXIT_TIMEOUT = 3
 EXIT_NOT_STARTED = 127
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+ENERGY_SAMPLE_S = float(os.environ.get("LOTTO_ENERGY_SAMPLE_S", "1.0"))  # the env: for tests
+MEMORY_HEADROOM = 0.95  # of a GPU's memory, left for the estimates' error
 
 
 @dataclass(frozen=True)
@@ -84,6 +114,7 @@ class Slot:
 
     ids: tuple[str, ...]
     lock_fds: tuple[int, ...]
+    slots: tuple[int, ...] = ()  # the slot index held on each GPU of `ids`
 
     @property
     def cuda_visible_devices(self) -> str:
@@ -126,9 +157,85 @@ def resolve_pool(environ: Mapping[str, str] = os.environ) -> tuple[str, ...]:
     return tuple(str(index) for index in range(torch.cuda.device_count()))
 
 
-def _lock_path(lock_dir: str, gpu_id: str) -> str:
+def _lock_path(lock_dir: str, gpu_id: str, slot: int = 0) -> str:
     # GPU UUIDs and MIG ids may hold '/' or ':'; keep file names flat and portable.
-    return os.path.join(lock_dir, "gpu-" + re.sub(r"[^A-Za-z0-9._-]", "_", gpu_id) + ".lock")
+    flat = "gpu-" + re.sub(r"[^A-Za-z0-9._-]", "_", gpu_id)
+    return os.path.join(lock_dir, flat + (f".slot{slot}" if slot else "") + ".lock")
+
+
+def _open_lock(path: str) -> int:
+    """Read-write, to record the holder's memory estimate; read-only where another user's
+    file allows no more (the estimate is then not recorded)."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except PermissionError:
+        return os.open(path, os.O_RDONLY)
+
+
+def _is_held(path: str) -> bool:
+    """Whether some process holds the lock file at `path` (probed with a shared lock that is
+    dropped at once; an acquirer probing at that instant sees the slot busy and moves on)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def jobs_on_gpu(lock_dir: str, gpu_id: str, per_gpu: int) -> int:
+    """Slots of `gpu_id` held now (by any process, the caller's own included)."""
+    return sum(_is_held(_lock_path(lock_dir, gpu_id, j)) for j in range(per_gpu))
+
+
+def gpu_memory_mb(gpu_id: str, environ: Mapping[str, str] = os.environ) -> tuple[int, int] | None:
+    """(total, free) memory of a GPU in MB: ``$LOTTO_GPU_MEM_MB`` (both), else nvidia-smi,
+    else None (no memory check)."""
+    if environ.get("LOTTO_GPU_MEM_MB"):
+        total = int(environ["LOTTO_GPU_MEM_MB"])
+        return total, total
+    try:
+        answer = subprocess.run(
+            ["nvidia-smi", "--query-gpu=memory.total,memory.free", "--format=csv,noheader,nounits",
+             "-i", gpu_id],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout
+        total, free = (int(float(v)) for v in answer.split(","))
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+    return total, free
+
+
+def _estimate_of(fd: int) -> int:
+    """The memory estimate a slot's holder wrote into its lock file (0 if none)."""
+    text = os.pread(fd, 16, 0).decode(errors="replace").strip()
+    return int(text) if text.isdigit() else 0
+
+
+def _record_estimate(fd: int, need_mb: int) -> None:
+    try:  # one fixed-width write, no truncation: a reader sees the old or the new number
+        os.pwrite(fd, f"{need_mb:>15}\n".encode(), 0)
+    except OSError:
+        pass  # a read-only lock file (another user's): the estimate is not shared
+
+
+def _fits(gpu_id: str, slot: int, fds: dict[tuple[str, int], int], per_gpu: int, need_mb: int,
+          lock_dir: str) -> bool:
+    """Whether a job of `need_mb` MB may join the holders of `gpu_id`'s other slots."""
+    others = [j for j in range(per_gpu) if j != slot and _is_held(_lock_path(lock_dir, gpu_id, j))]
+    if not others:
+        return True  # alone on the GPU: never held back by the estimate
+    memory = gpu_memory_mb(gpu_id)
+    if memory is None:
+        return True
+    total, free = memory
+    booked = sum(_estimate_of(fds[gpu_id, j]) for j in others)
+    return need_mb + booked <= total * MEMORY_HEADROOM and need_mb <= free
 
 
 def _try_lock(fd: int) -> bool:
@@ -146,17 +253,23 @@ def acquire(
     lock_dir: str,
     timeout: float | None = None,
     poll_interval: float = POLL_INTERVAL_S,
+    per_gpu: int = 1,
+    need_mb: int = 0,
 ) -> Iterator[Slot]:
-    """Hold ``n`` GPUs of ``pool`` exclusively for the ``with`` block; wait until they are free.
+    """Hold one of the ``per_gpu`` slots of each of ``n`` GPUs of ``pool`` for the ``with``
+    block; wait until they are free (and, with ``need_mb``, until the job fits beside the
+    GPU's other jobs; see the module docstring).
 
     Each call opens its own lock files, so concurrent calls conflict correctly whether they
     run in different processes or in threads of one process. The descriptors are
     close-on-exec; pass ``slot.lock_fds`` to a child (``pass_fds``) to let it share the hold.
     Raises ValueError for an impossible request and TimeoutError when ``timeout`` seconds
-    (None: wait forever; 0: try once) pass without ``n`` free GPUs.
+    (None: wait forever; 0: try once) pass without ``n`` free GPU slots.
     """
     if n < 0:
         raise ValueError(f"number of GPUs must be >= 0, got {n}")
+    if per_gpu < 1:
+        raise ValueError(f"slots per GPU must be >= 1, got {per_gpu}")
     if n > len(pool):
         available = ",".join(pool) if pool else "none"
         raise ValueError(f"asked for {n} GPU(s) but the pool has {len(pool)} ({available})")
@@ -164,22 +277,33 @@ def acquire(
         yield Slot(ids=(), lock_fds=())
         return
     os.makedirs(lock_dir, exist_ok=True)
-    fds: dict[str, int] = {}
-    held: list[str] = []
+    check_memory = need_mb > 0 and per_gpu > 1
+    fds: dict[tuple[str, int], int] = {}
+    held: list[tuple[str, int]] = []
     try:
-        for gpu_id in pool:
-            fds[gpu_id] = os.open(_lock_path(lock_dir, gpu_id), os.O_RDONLY | os.O_CREAT, 0o666)
+        for slot in range(per_gpu):
+            for gpu_id in pool:
+                fds[gpu_id, slot] = _open_lock(_lock_path(lock_dir, gpu_id, slot))
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            for gpu_id in pool:
-                if _try_lock(fds[gpu_id]):
-                    held.append(gpu_id)
+            for slot in range(per_gpu):  # slot-major: spread over the GPUs before stacking
+                for gpu_id in pool:
+                    if any(gpu_id == g for g, _ in held) or not _try_lock(fds[gpu_id, slot]):
+                        continue
+                    if need_mb > 0:  # before the check: two jobs checking at once see each other
+                        _record_estimate(fds[gpu_id, slot], need_mb)
+                    if check_memory and not _fits(gpu_id, slot, fds, per_gpu, need_mb, lock_dir):
+                        fcntl.flock(fds[gpu_id, slot], fcntl.LOCK_UN)
+                        continue
+                    held.append((gpu_id, slot))
                     if len(held) == n:
                         break
+                if len(held) == n:
+                    break
             if len(held) == n:
                 break
-            for gpu_id in held:
-                fcntl.flock(fds[gpu_id], fcntl.LOCK_UN)
+            for key in held:
+                fcntl.flock(fds[key], fcntl.LOCK_UN)
             held.clear()
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(
@@ -187,13 +311,116 @@ def acquire(
                     f"(locks in {lock_dir})"
                 )
             time.sleep(poll_interval * random.uniform(0.5, 1.5))
-        for gpu_id in pool:
-            if gpu_id not in held:
-                os.close(fds.pop(gpu_id))
-        yield Slot(ids=tuple(held), lock_fds=tuple(fds[gpu_id] for gpu_id in held))
+        for key in list(fds):
+            if key not in held:
+                os.close(fds.pop(key))
+        yield Slot(
+            ids=tuple(g for g, _ in held),
+            lock_fds=tuple(fds[key] for key in held),
+            slots=tuple(j for _, j in held),
+        )
     finally:
         for fd in fds.values():
             os.close(fd)
+
+
+class EnergyMeter:
+    """Energy of one job on its GPUs, shared by time with the jobs running beside it.
+
+    ``read_mj(gpu_id)`` returns a GPU's total-energy counter in millijoules (NVML) and
+    ``count_jobs(gpu_id)`` how many jobs hold a slot of that GPU now. Every `interval`
+    seconds (and at ``stop``) the counter's increase since the last reading is divided by the
+    number of jobs counted and added to this job's share.
+    """
+
+    def __init__(self, gpus: Sequence[str], read_mj: Callable[[str], int],
+                 count_jobs: Callable[[str], int], interval: float = ENERGY_SAMPLE_S):
+        self.gpus, self.read_mj, self.count_jobs, self.interval = tuple(gpus), read_mj, count_jobs, interval
+        self.last = {gpu: read_mj(gpu) for gpu in self.gpus}
+        self.share_mj = 0.0
+        self.board_mj = 0.0
+        self.jobs_seen: list[int] = []
+        self.started = time.monotonic()
+        self.seconds = 0.0
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def sample(self) -> None:
+        """Book the energy since the last reading, shared among the jobs there now."""
+        with self._lock:
+            for gpu in self.gpus:
+                now = self.read_mj(gpu)
+                jobs = max(1, self.count_jobs(gpu))
+                delta = max(0, now - self.last[gpu])  # a counter reset (driver reload) books 0
+                self.last[gpu] = now
+                self.board_mj += delta
+                self.share_mj += delta / jobs
+                self.jobs_seen.append(jobs)
+
+    def _run(self) -> None:
+        while not self._done.wait(self.interval):
+            self.sample()
+
+    def start(self) -> EnergyMeter:
+        self._thread.start()
+        return self
+
+    def stop(self) -> dict:
+        """End the measurement; the record written to ``--energy FILE``."""
+        self._done.set()
+        if self._thread.ident is not None:  # started
+            self._thread.join()
+        self.sample()
+        self.seconds = time.monotonic() - self.started
+        return {
+            "joules": self.share_mj / 1000.0,
+            "board_joules": self.board_mj / 1000.0,
+            "seconds": self.seconds,
+            "samples": len(self.jobs_seen) // max(1, len(self.gpus)),
+            "mean_jobs": sum(self.jobs_seen) / len(self.jobs_seen),
+            "gpus": list(self.gpus),
+        }
+
+
+def nvml_energy_reader() -> Callable[[str], int] | None:
+    """``gpu_id -> millijoules`` from NVML's total-energy counter, or None when NVML (the
+    optional package nvidia-ml-py) or the counter is not available here."""
+    try:
+        import pynvml
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+    except Exception:  # pynvml.NVMLError and its many subclasses: no driver, no GPU
+        return None
+    handles: dict[str, object] = {}
+
+    def read_mj(gpu_id: str) -> int:
+        if gpu_id not in handles:
+            handles[gpu_id] = (
+                pynvml.nvmlDeviceGetHandleByIndex(int(gpu_id)) if gpu_id.isdigit()
+                else pynvml.nvmlDeviceGetHandleByUUID(gpu_id)
+            )
+        return int(pynvml.nvmlDeviceGetTotalEnergyConsumption(handles[gpu_id]))
+
+    return read_mj
+
+
+def _start_energy(path: str | None, slot: Slot, lock_dir: str, per_gpu: int) -> EnergyMeter | None:
+    """A running meter for `--energy`, or None (no file asked for, no GPU, no NVML)."""
+    if not path:
+        return None
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)  # a record of an earlier run must not pass for this one
+    read_mj = nvml_energy_reader() if slot.ids else None
+    if read_mj is None:
+        return None
+    try:
+        return EnergyMeter(slot.ids, read_mj, lambda gpu: jobs_on_gpu(lock_dir, gpu, per_gpu)).start()
+    except Exception as error:  # e.g. a GPU without an energy counter (NVML: not supported)
+        print(f"gpu_slot: warning: no energy measurement: {error}", file=sys.stderr)
+        return None
 
 
 class _Interrupted(Exception):
@@ -254,8 +481,10 @@ def _seconds(text: str) -> float:
 def _build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(
         prog="python -m lotto.gpu_slot",
-        usage="%(prog)s -n N [--timeout S] [--job NAME] -- COMMAND [ARG ...]",
-        description="Run COMMAND on N free GPUs of this box (CUDA_VISIBLE_DEVICES set for it). "
+        usage="%(prog)s -n N [-k K] [--mem-mb M] [--energy FILE] [--timeout S] [--job NAME] "
+        "-- COMMAND [ARG ...]",
+        description="Run COMMAND on a free slot of each of N GPUs of this box, K slots per GPU "
+        "(CUDA_VISIBLE_DEVICES set for it). "
         "Pool: $LOTTO_GPUS, else $CUDA_VISIBLE_DEVICES, else what torch sees. "
         "Locks: $LOTTO_GPU_LOCK_DIR. Job log (JSON lines): $LOTTO_GPU_SLOT_LOG.",
         epilog="Exit code: the command's (128+N if it died from signal N); 2 bad request, "
@@ -268,6 +497,26 @@ def _build_parser() -> argparse.ArgumentParser:
         required=True,
         metavar="N",
         help="GPUs to hold (0: CPU job)",
+    )
+    parser.add_argument(
+        "-k",
+        "--per-gpu",
+        type=_gpu_count,
+        default=1,
+        metavar="K",
+        help="jobs a GPU runs at once (default 1)",
+    )
+    parser.add_argument(
+        "--mem-mb",
+        type=_gpu_count,
+        default=0,
+        metavar="M",
+        help="the job's estimated GPU memory: with K > 1, join a GPU's other jobs only if it fits",
+    )
+    parser.add_argument(
+        "--energy",
+        metavar="FILE",
+        help="write the job's share of the GPUs' energy (NVML) to FILE as JSON",
     )
     parser.add_argument(
         "--timeout", type=_seconds, metavar="S", help="give up (exit 3) after S seconds of waiting"
@@ -303,6 +552,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     options, command = parser.parse_args(argv[:split]), argv[split + 1 :]
     if not command:
         parser.error("no command after '--'")
+    if options.per_gpu < 1:
+        parser.error("argument -k/--per-gpu: must be >= 1, got 0")
 
     if "SLURM_JOB_ID" in os.environ and "CUDA_VISIBLE_DEVICES" in os.environ:
         try:
@@ -326,8 +577,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signum, forwarder)
     lock_dir = default_lock_dir()
     try:
-        with acquire(options.gpus, pool, lock_dir, timeout=options.timeout) as slot:
+        with acquire(options.gpus, pool, lock_dir, timeout=options.timeout,
+                     per_gpu=options.per_gpu, need_mb=options.mem_mb) as slot:
             env = dict(os.environ, CUDA_VISIBLE_DEVICES=slot.cuda_visible_devices)
+            meter = _start_energy(options.energy, slot, lock_dir, options.per_gpu)
             start = time.time()
             forwarder.starting = True
             try:
@@ -336,11 +589,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _fail(f"cannot run {command[0]!r}: {error.strerror}", EXIT_NOT_STARTED)
             forwarder.attach(child)
             returncode = child.wait()
+            if meter is not None:
+                try:
+                    io.write_json(options.energy, meter.stop())
+                except Exception as error:  # a lost counter must not fail a finished job
+                    print(f"gpu_slot: warning: energy not written: {error}", file=sys.stderr)
             log_path = os.environ.get("LOTTO_GPU_SLOT_LOG")
             if log_path:
                 record = {
                     "job": options.job or shlex.join(command),
                     "gpus": list(slot.ids),
+                    "slots": list(slot.slots),
                     "start": start,
                     "end": time.time(),
                     "returncode": returncode,

@@ -108,7 +108,7 @@ class TrainingSpec:
     warmup: int = 0
     eval_every: int = 100
     divergence_loss: float = 1e4
-    precision: str = "fp32"  # or "bf16": autocast forward passes (lotto.train.autocast)
+    precision: str = "fp32"  # "bf16": autocast forward passes (lotto.train.autocast); "tf32": TF32 matmuls (matmul_precision)
     checkpoint_every: int = field(default=0, metadata=_no_hash())
     device: str = field(default="auto", metadata=_no_hash())
     # how the workflow runs a pruned round's seeds (together, lotto.vmap), not what they compute

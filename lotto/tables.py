@@ -68,9 +68,11 @@ def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_tables(
-    frame: pd.DataFrame, out_md: str | Path, out_tex: str | Path, out_html: str | Path | None = None
+    frame: pd.DataFrame, out_md: str | Path, out_tex: str | Path, out_html: str | Path | None = None,
+    energy: str = "",
 ) -> pd.DataFrame:
-    """Write the Markdown and LaTeX tables (and the HTML fragment when asked); return the numbers."""
+    """Write the Markdown and LaTeX tables (and the HTML fragment when asked); return the numbers.
+    `energy` (lotto.energy's sentence, '' when nothing was measured) ends the caption."""
     table = summary_table(frame)
     env = template_environment()
     outputs = [(out_md, "table.md.j2", " ± ", _plain), (out_tex, "table.tex.j2", r" $\pm$ ", _latex)]
@@ -79,7 +81,8 @@ def write_tables(
     for out, template, pm, escape in outputs:
         header, rows = _cells(table, pm, escape)
         text = env.get_template(template).render(
-            header=header, rows=rows, caption=escape(_caption(table)), numeric_from=len(header) - 6
+            header=header, rows=rows, caption=escape(" ".join(filter(None, [_caption(table), energy]))),
+            numeric_from=len(header) - 6,
         )
         io.write_text(out, text)
     return table

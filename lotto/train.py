@@ -12,14 +12,15 @@ evaluation points, and on a GPU the whole step is replayed from a CUDA graph (se
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import math
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,36 @@ def autocast(precision: str, device: torch.device) -> AbstractContextManager:
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
     return nullcontext()
+
+
+@contextmanager
+def matmul_precision(precision: str) -> Iterator[None]:
+    """training.precision tf32: float32 matrix products and convolutions on TF32 tensor cores
+    (Ampere and later; 10-bit mantissa inputs, fp32 sums) for the whole training, backward
+    passes included; torch's flags are restored afterwards. fp32 and bf16 leave torch's
+    defaults: fp32 matmuls, and cuDNN free to use TF32 for convolutions. On a CPU the flags
+    change nothing."""
+    if precision != "tf32":
+        yield
+        return
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def in_training_precision(fn: Callable) -> Callable:
+    """Run `fn` (whose `spec` argument is a TrainingSpec) under matmul_precision(spec.precision)."""
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with matmul_precision(signature.bind(*args, **kwargs).arguments["spec"].precision):
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 def resolve_device(device: str) -> torch.device:
@@ -446,6 +477,7 @@ class TrainingLoop:
         return "ok"
 
 
+@in_training_precision
 def train(
     model: nn.Module,
     data: Splits,

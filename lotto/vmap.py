@@ -29,7 +29,14 @@ from torch.func import functional_call, stack_module_state, vmap
 from lotto.data import Splits
 from lotto.masks import Mask, prunable_layers
 from lotto.spec import TrainingSpec
-from lotto.train import EVAL_BATCH, BatchSchedule, TrainingLoop, TrainResult, autocast
+from lotto.train import (
+    EVAL_BATCH,
+    BatchSchedule,
+    TrainingLoop,
+    TrainResult,
+    autocast,
+    in_training_precision,
+)
 
 
 class DivergedError(RuntimeError):
@@ -51,6 +58,7 @@ def check_vectorisable(model: nn.Module) -> None:
             )
 
 
+@in_training_precision
 def train_seeds(
     models: list[nn.Module],
     data: Splits,

@@ -51,9 +51,11 @@ rule render_tables:
         "results/logs/{experiment}/tables.log",
     conda:
         "../envs/lotto.yaml"
+    params:
+        energy=lambda w: energy_records(w.experiment),
     shell:
         "python -m lotto tables --metrics {input} --md {output.md} --tex {output.tex} "
-        "--html {output.html} > {log} 2>&1"
+        "--html {output.html} --energy {params.energy:q} > {log} 2>&1"
 
 
 rule html_report:

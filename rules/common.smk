@@ -267,10 +267,55 @@ def seeds_round_params(wildcards):
     return {**paths, "seeds": " ".join(f"--seed {s}" for s in seeds)}
 
 
-def gpus(wildcards):
+def _job_spec(wildcards):
     if "experiment" in wildcards.keys():
-        return int(use_gpu(EXPERIMENTS[wildcards.experiment]))
-    return int(use_gpu(DENSE[wildcards.key]))
+        return EXPERIMENTS[wildcards.experiment]
+    return DENSE[wildcards.key]
+
+
+def gpus(wildcards):
+    """resources.gpu_slot: a GPU job takes one slot of one GPU."""
+    return int(use_gpu(_job_spec(wildcards)))
+
+
+# --- several trainings per GPU (config gpu_slots; lotto.gpu_slot) ---------------------
+
+GPU_SLOTS = config.get("gpu_slots", 1)
+
+
+def whole_gpus(wildcards):
+    """resources.gpu: GPUs a job holds alone. With gpu_slots k > 1 a job holds a slot instead
+    (resources.gpu_slot), so `--resources gpu=4` still counts GPUs and
+    `--resources gpu_slot=4k` bounds the jobs sharing them."""
+    return gpus(wildcards) if GPU_SLOTS == 1 else 0
+
+
+_MEMORY_MB = {}
+
+
+def slot_options(wildcards):
+    """lotto.gpu_slot's options: GPUs, slots per GPU and, when GPUs are shared, the job's
+    estimated GPU memory (lotto.gpu_memory; imports torch once, only then)."""
+    n = gpus(wildcards)
+    options = f"-n {n} -k {GPU_SLOTS}"
+    if n and GPU_SLOTS > 1:
+        spec = _job_spec(wildcards)
+        if spec.dense_key not in _MEMORY_MB:
+            from lotto.gpu_memory import estimate_mb
+
+            _MEMORY_MB[spec.dense_key] = estimate_mb(spec)
+        options += f" --mem-mb {_MEMORY_MB[spec.dense_key]}"
+    return options
+
+
+def energy_records(experiment):
+    """Each training job's energy record (lotto.gpu_slot --energy, beside its log); only
+    GPU jobs measured by NVML have one, so these are read when present, not inputs."""
+    return [
+        b.replace("results/benchmarks/", "results/logs/", 1)[: -len(".tsv")]
+        + ".log.energy.json"
+        for b in experiment_benchmarks(experiment)
+    ]
 
 
 # --- what the targets need ----------------------------------------------------------
@@ -331,6 +376,21 @@ def eb_summaries(experiment):
         for seed in spec.seeds
         for name in eb_plan.retrainings(spec)
     ]
+
+
+def eb_energy_records(experiment):
+    """The energy record (lotto.energy) of each search and retraining, beside its log."""
+    spec = EXPERIMENTS[experiment]
+    logs = [
+        f"results/logs/{experiment}/eb/seed{seed}/search.log" for seed in spec.seeds
+    ]
+    logs += [
+        f"results/logs/{experiment}/eb/seed{seed}/{eb_plan.ratio_label(ratio)}-{ticket}-{mode}.log"
+        for seed in spec.seeds
+        for ratio in spec.earlybird.ratios
+        for ticket, mode in eb_plan.retrain_jobs(spec)
+    ]
+    return [f"{log}.energy.json" for log in logs]
 
 
 EB_FIGURE_KINDS = ["accuracy", "distances", "flops"]  # the paper's Fig. 1, 3 and 5

@@ -23,11 +23,13 @@ rule eb_search:
     threads: config.get("threads", 1)
     resources:
         mem_mb=config.get("mem_mb", 3000),
-        gpu=gpus,
+        gpu=whole_gpus,
+        gpu_slot=gpus,
     params:
+        slot=slot_options,
         out=lambda w, output: os.path.dirname(output.eb),
     shell:
-        "python -m lotto.gpu_slot -n {resources.gpu} -- "
+        "python -m lotto.gpu_slot {params.slot} --energy {log}.energy.json -- "
         "python -m lotto eb-search --spec {input.spec} --data {input.data} --seed {wildcards.seed} "
         "--threads {threads} --out {params.out} > {log} 2>&1"
 
@@ -55,13 +57,15 @@ rule eb_train:
     threads: config.get("threads", 1)
     resources:
         mem_mb=config.get("mem_mb", 3000),
-        gpu=gpus,
+        gpu=whole_gpus,
+        gpu_slot=gpus,
     params:
+        slot=slot_options,
         ratio=lambda w: eb_ratio(w.experiment, w.ratio),
         search=lambda w, input: os.path.dirname(input.eb),
         out=lambda w, output: os.path.dirname(output.summary),
     shell:
-        "python -m lotto.gpu_slot -n {resources.gpu} -- "
+        "python -m lotto.gpu_slot {params.slot} --energy {log}.energy.json -- "
         "python -m lotto eb-train --spec {input.spec} --data {input.data} --seed {wildcards.seed} "
         "--search {params.search} --ratio {params.ratio} --ticket {wildcards.ticket} "
         "--mode {wildcards.mode} --threads {threads} --out {params.out} > {log} 2>&1"
@@ -98,7 +102,8 @@ rule eb_figures:
         "../envs/lotto.yaml"
     params:
         out_dir=lambda w, output: os.path.dirname(output.accuracy),
+        energy=lambda w: eb_energy_records(w.experiment),
     shell:
         "python -m lotto eb-figures --searches {input.searches} --summaries {input.summaries} "
         "--out-dir {params.out_dir} --table {output.table} --table-html {output.table_html} "
-        "--title {wildcards.experiment} > {log} 2>&1"
+        "--title {wildcards.experiment} --energy {params.energy:q} > {log} 2>&1"

@@ -67,12 +67,14 @@ rule transfer_branch:
     threads: config.get("threads", 1)
     resources:
         mem_mb=config.get("mem_mb", 3000),
-        gpu=gpus,
+        gpu=whole_gpus,
+        gpu_slot=gpus,
     params:
+        slot=slot_options,
         dirs=transfer_dirs,
         out="results/{experiment}/seed{seed}/round{round}/transfer",
     shell:
-        "python -m lotto.gpu_slot -n {resources.gpu} -- "
+        "python -m lotto.gpu_slot {params.slot} --energy {log}.energy.json -- "
         "python -m lotto branch --spec {input.spec} --data {input.data} --seed {wildcards.seed} "
         "--round {wildcards.round} --kind transfer --round-dir {params.dirs[round_dir]} "
         "--dense {params.dirs[dense]} --threads {threads} --out {params.out} > {log} 2>&1"

@@ -20,11 +20,13 @@ rule dense_round:
     threads: config.get("threads", 1)
     resources:
         mem_mb=config.get("mem_mb", 3000),
-        gpu=gpus,
+        gpu=whole_gpus,
+        gpu_slot=gpus,
     params:
+        slot=slot_options,
         out=lambda w, output: os.path.dirname(output.checkpoint),
     shell:
-        "python -m lotto.gpu_slot -n {resources.gpu} -- "
+        "python -m lotto.gpu_slot {params.slot} --energy {log}.energy.json -- "
         "python -m lotto round --spec {input.spec} --data {input.data} --seed {wildcards.seed} "
         "--round 0 --threads {threads} --out {params.out} > {log} 2>&1"
 
@@ -43,11 +45,13 @@ rule replay:
     threads: config.get("threads", 1)
     resources:
         mem_mb=config.get("mem_mb", 3000),
-        gpu=gpus,
+        gpu=whole_gpus,
+        gpu_slot=gpus,
     params:
+        slot=slot_options,
         dense=lambda w, input: os.path.dirname(input.init),
     shell:
-        "python -m lotto.gpu_slot -n {resources.gpu} -- "
+        "python -m lotto.gpu_slot {params.slot} --energy {log}.energy.json -- "
         "python -m lotto replay --spec {input.spec} --data {input.data} --seed {wildcards.seed} "
         "--step {wildcards.step} --dense {params.dense} --threads {threads} --out {output} > {log} 2>&1"
 
@@ -68,9 +72,12 @@ rule learn_mask:
     threads: config.get("threads", 1)
     resources:
         mem_mb=config.get("mem_mb", 3000),
-        gpu=gpus,
+        gpu=whole_gpus,
+        gpu_slot=gpus,
+    params:
+        slot=slot_options,
     shell:
-        "python -m lotto.gpu_slot -n {resources.gpu} -- "
+        "python -m lotto.gpu_slot {params.slot} --energy {log}.energy.json -- "
         "python -m lotto learn-mask --spec {input.spec} --data {input.data} --seed {wildcards.seed} "
         "--weights {input.weights} --threads {threads} --out {output} > {log} 2>&1"
 
@@ -94,11 +101,13 @@ rule prune_round:
     threads: config.get("threads", 1)
     resources:
         mem_mb=config.get("mem_mb", 3000),
-        gpu=gpus,
+        gpu=whole_gpus,
+        gpu_slot=gpus,
     params:
+        slot=slot_options,
         paths=round_params,
     shell:
-        "python -m lotto.gpu_slot -n {resources.gpu} -- "
+        "python -m lotto.gpu_slot {params.slot} --energy {log}.energy.json -- "
         "python -m lotto round --spec {input.spec} --data {input.data} --seed {wildcards.seed} "
         "--round {wildcards.round} --dense {params.paths[dense]} --prev {params.paths[prev]} "
         "{params.paths[options]} --threads {threads} --out {params.paths[out]} > {log} 2>&1"
@@ -142,11 +151,13 @@ for _experiment, _rule_name in SEEDS_TOGETHER.items():
         threads: config.get("threads", 1)
         resources:
             mem_mb=config.get("mem_mb", 3000),
-            gpu=gpus,
+            gpu=whole_gpus,
+            gpu_slot=gpus,
         params:
+            slot=slot_options,
             paths=seeds_round_params,
         shell:
-            "python -m lotto.gpu_slot -n {resources.gpu} -- "
+            "python -m lotto.gpu_slot {params.slot} --energy {log}.energy.json -- "
             "python -m lotto round --spec {input.spec} --data {input.data} {params.paths[seeds]} "
             "--round {wildcards.round} --dense {params.paths[dense]:q} --prev {params.paths[prev]:q} "
             "{params.paths[options]} --threads {threads} --out {params.paths[out]:q} > {log} 2>&1"
@@ -172,13 +183,15 @@ rule control_branch:
     threads: config.get("threads", 1)
     resources:
         mem_mb=config.get("mem_mb", 3000),
-        gpu=gpus,
+        gpu=whole_gpus,
+        gpu_slot=gpus,
     params:
+        slot=slot_options,
         dense=lambda w, input: os.path.dirname(input.init),
         round_dir=lambda w, input: os.path.dirname(input.mask),
         out=lambda w, output: os.path.dirname(output.checkpoint),
     shell:
-        "python -m lotto.gpu_slot -n {resources.gpu} -- "
+        "python -m lotto.gpu_slot {params.slot} --energy {log}.energy.json -- "
         "python -m lotto branch --spec {input.spec} --data {input.data} --seed {wildcards.seed} "
         "--round {wildcards.round} --kind {wildcards.branch} --round-dir {params.round_dir} "
         "--dense {params.dense} --threads {threads} --out {params.out} > {log} 2>&1"

@@ -1,0 +1,93 @@
+"""training.precision: tf32 (lotto.train.matmul_precision). CPU tests: identity, accepted and
+refused values, the flags during training (forward and backward) and after, and unchanged
+numbers on a CPU; the CUDA test runs only where a GPU is (about 1 s here)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import tiny_spec
+from test_gpu_step import lenet
+
+from lotto import masks
+from lotto.spec import ExperimentSpec, SpecError
+from lotto.train import matmul_precision, train
+from lotto.vmap import train_seeds
+
+TF32 = {"training": {"precision": "tf32"}}
+
+
+def test_tf32_is_part_of_the_identity_and_round_trips():
+    tf32, fp32, bf16 = tiny_spec(**TF32), tiny_spec(), tiny_spec(training={"precision": "bf16"})
+    assert len({tf32.dense_key, fp32.dense_key, bf16.dense_key}) == 3
+    assert tf32.recipe_key != fp32.recipe_key
+    assert ExperimentSpec.from_dict(tf32.to_dict()) == tf32
+    assert tf32.to_dict()["training"]["precision"] == "tf32"
+    with pytest.raises(SpecError, match=r"training.precision: 'tf16' is not allowed.*fp32, bf16, tf32"):
+        tiny_spec(training={"precision": "tf16"})
+
+
+def tf32_flags() -> tuple[bool, bool]:
+    return torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+
+
+def test_flags_hold_for_forward_and_backward_and_are_restored(splits):
+    before = tf32_flags()
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        seen = []
+        model = lenet(0)
+        model[1].register_forward_hook(lambda *_: seen.append(("forward", tf32_flags())))
+        model[3].register_full_backward_hook(lambda *_: seen.append(("backward", tf32_flags())))
+        train(model, splits, tiny_spec(**TF32).training, mask=masks.ones(model), seed=0, steps=3)
+        assert {("forward", (True, True)), ("backward", (True, True))} <= set(seen)
+        assert tf32_flags()[0] is False  # restored
+        seen.clear()
+        train(model, splits, tiny_spec().training, mask=masks.ones(model), seed=0, steps=1)
+        assert all(flags[0] is False for _, flags in seen)  # fp32 leaves torch's flags alone
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
+def test_the_flags_are_restored_when_training_fails():
+    before = tf32_flags()
+    with pytest.raises(RuntimeError), matmul_precision("tf32"):
+        assert tf32_flags() == (True, True)
+        raise RuntimeError("boom")
+    assert tf32_flags() == before
+
+
+def test_on_a_cpu_tf32_trains_the_same_numbers_as_fp32(splits):
+    results = []
+    for overrides in ({}, TF32):
+        model = lenet(0)
+        results.append(train(model, splits, tiny_spec(**overrides).training, mask=masks.ones(model), seed=0, steps=20))
+    assert results[0].rows == results[1].rows
+    assert all(torch.equal(v, results[1].state[k]) for k, v in results[0].state.items())
+
+
+def test_vectorised_seeds_train_under_tf32_too(splits):
+    seen = []
+    models = [lenet(0), lenet(1)]
+    models[0][1].register_forward_hook(lambda *_: seen.append(tf32_flags()[0]))
+    before = tf32_flags()
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        train_seeds(models, splits, tiny_spec(**TF32).training, masks=[masks.ones(m) for m in models],
+                    seeds=[0, 1], steps=2)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+    assert seen and all(seen)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_tf32_changes_a_cuda_matmul():
+    """TF32 rounds the inputs of a float32 product to 10 mantissa bits: a 512x512 product of
+    random matrices differs from the fp32 one (on Ampere and later)."""
+    a, b = torch.randn(512, 512, device="cuda"), torch.randn(512, 512, device="cuda")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    exact = a @ b
+    with matmul_precision("tf32"):
+        fast = a @ b
+    assert not torch.equal(exact, fast)
+    assert torch.allclose(exact, fast, rtol=0, atol=0.5)
