@@ -4,7 +4,7 @@ saves, the retrainings per pruning ratio, and how files name them. Read by the s
 
 from __future__ import annotations
 
-from lotto.spec import EarlyBirdSpec, ExperimentSpec
+from lotto.spec_types import EarlyBirdSpec, ExperimentSpec
 
 
 def ratio_label(ratio: float) -> str:

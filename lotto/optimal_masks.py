@@ -30,7 +30,7 @@ from torch.func import functional_call
 
 from lotto.data import Splits
 from lotto.masks import prunable_layers
-from lotto.spec import MaskTrainingSpec
+from lotto.spec_types import MaskTrainingSpec
 from lotto.train import BatchSchedule
 
 LOGITS_FILE = "mask_logits.pt"

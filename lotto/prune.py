@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lotto.masks import Mask, prunable_layers
-from lotto.spec import PruningSpec
+from lotto.spec_types import PruningSpec
 
 CRITERIA = ("magnitude", "random", "snip", "l1_filter", "optimal_mask")
 

@@ -32,7 +32,7 @@ from torch import nn
 from lotto import io
 from lotto.data import Splits, augment_batch
 from lotto.masks import Mask, prunable_layers
-from lotto.spec import TrainingSpec
+from lotto.spec_types import TrainingSpec
 
 EVAL_BATCH = 2000
 

@@ -28,7 +28,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from lotto.data import Splits
 from lotto.masks import Mask, prunable_layers
-from lotto.spec import TrainingSpec
+from lotto.spec_types import TrainingSpec
 from lotto.train import (
     EVAL_BATCH,
     BatchSchedule,
