@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from lotto.io import CorruptFileError, load_torch, save_torch
+from lotto.spec_types import DATASET_FACTS, SYNTHETIC_DEFAULTS
 
 SYSTEM_DATA_DIR = Path("/usr/share/datasets")
 _IDX_FILES = (
@@ -35,13 +36,6 @@ _CACHE_KEYS = ("name", "num_classes", "train_x", "train_y", "test_x", "test_y")
 # pixel noise std (pixels in [0, 1]): with the defaults an MLP reaches ~80% test accuracy in
 # ~100 steps and then overfits, so early stopping and pruning have something to show
 _SYNTHETIC_NOISE = 0.8
-SYNTHETIC_DEFAULTS: dict[str, Any] = {
-    "n_train": 2000,
-    "n_test": 500,
-    "shape": (1, 8, 8),
-    "num_classes": 10,
-    "seed": 0,
-}
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -53,8 +47,6 @@ class DatasetInfo:
     """What lotto needs to know about one dataset to find, read and train on it."""
 
     name: str
-    num_classes: int
-    augment: bool  # random flip + pad-and-crop during training (the papers' CIFAR recipe)
     torchvision_class: str | None  # None: generated, no raw files
     torchvision_subdir: str = ""  # where torchvision expects the files below its root
     files: tuple[str, ...] = ()
@@ -63,12 +55,19 @@ class DatasetInfo:
     system_dirs: tuple[Path, ...] = ()
     install_hint: str = ""
 
+    @property
+    def num_classes(self) -> int:
+        return DATASET_FACTS[self.name]["num_classes"]
+
+    @property
+    def augment(self) -> bool:
+        """Random flip + pad-and-crop during training by default (the papers' CIFAR recipe)."""
+        return DATASET_FACTS[self.name]["augment"]
+
 
 DATASETS: dict[str, DatasetInfo] = {
     "mnist": DatasetInfo(
         name="mnist",
-        num_classes=10,
-        augment=False,
         torchvision_class="MNIST",
         torchvision_subdir="MNIST/raw",
         files=_IDX_FILES,
@@ -78,8 +77,6 @@ DATASETS: dict[str, DatasetInfo] = {
     ),
     "fashion_mnist": DatasetInfo(
         name="fashion_mnist",
-        num_classes=10,
-        augment=False,
         torchvision_class="FashionMNIST",
         torchvision_subdir="FashionMNIST/raw",
         files=_IDX_FILES,
@@ -91,8 +88,6 @@ DATASETS: dict[str, DatasetInfo] = {
     ),
     "cifar10": DatasetInfo(
         name="cifar10",
-        num_classes=10,
-        augment=True,
         torchvision_class="CIFAR10",
         torchvision_subdir="cifar-10-batches-py",
         files=(*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta"),
@@ -101,8 +96,6 @@ DATASETS: dict[str, DatasetInfo] = {
     ),
     "cifar100": DatasetInfo(
         name="cifar100",
-        num_classes=100,
-        augment=True,
         torchvision_class="CIFAR100",
         torchvision_subdir="cifar-100-python",
         files=("train", "test", "meta"),
@@ -111,8 +104,6 @@ DATASETS: dict[str, DatasetInfo] = {
     ),
     "synthetic": DatasetInfo(
         name="synthetic",
-        num_classes=SYNTHETIC_DEFAULTS["num_classes"],
-        augment=False,
         torchvision_class=None,
     ),
 }

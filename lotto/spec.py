@@ -266,7 +266,7 @@ def _resolve_dataset(d: dict[str, Any], bad: Any) -> tuple[DatasetSpec, int]:
         val_size=val_size,
         labels=tuple(d["labels"]) if d.get("labels") else None,
         half=d.get("half", DatasetSpec.half),
-        augment=d.get("augment") if d.get("augment") is not None else d["name"].startswith("cifar"),
+        augment=d.get("augment") if d.get("augment") is not None else DATASET_FACTS[d["name"]]["augment"],
         synthetic=synthetic,
     )
     for label in dataset.labels or ():

@@ -20,15 +20,19 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-# Facts needed to resolve epochs and check labels before any data is read.
+# The generated dataset's options (lotto.data makes it; a spec's dataset.synthetic overrides them).
+SYNTHETIC_DEFAULTS: dict[str, Any] = {"n_train": 2000, "n_test": 500, "shape": (1, 8, 8), "num_classes": 10, "seed": 0}
+# Facts needed to resolve epochs and check labels before any data is read; lotto.data reads
+# them too. augment: whether training augments by default (random flip + pad-and-crop, the
+# papers' CIFAR recipe; dataset.augment overrides it).
 DATASET_FACTS: dict[str, dict[str, Any]] = {
-    "mnist": {"train_size": 60000, "num_classes": 10, "shape": (1, 28, 28)},
-    "fashion_mnist": {"train_size": 60000, "num_classes": 10, "shape": (1, 28, 28)},
-    "cifar10": {"train_size": 50000, "num_classes": 10, "shape": (3, 32, 32)},
-    "cifar100": {"train_size": 50000, "num_classes": 100, "shape": (3, 32, 32)},
-    "synthetic": {"train_size": 2000, "num_classes": 10, "shape": (1, 8, 8)},
+    "mnist": {"train_size": 60000, "num_classes": 10, "shape": (1, 28, 28), "augment": False},
+    "fashion_mnist": {"train_size": 60000, "num_classes": 10, "shape": (1, 28, 28), "augment": False},
+    "cifar10": {"train_size": 50000, "num_classes": 10, "shape": (3, 32, 32), "augment": True},
+    "cifar100": {"train_size": 50000, "num_classes": 100, "shape": (3, 32, 32), "augment": True},
+    "synthetic": {"train_size": SYNTHETIC_DEFAULTS["n_train"], "num_classes": SYNTHETIC_DEFAULTS["num_classes"],
+                  "shape": SYNTHETIC_DEFAULTS["shape"], "augment": False},
 }
-SYNTHETIC_DEFAULTS = {"n_train": 2000, "n_test": 500, "shape": [1, 8, 8], "num_classes": 10, "seed": 0}
 
 def _no_hash() -> dict[str, Any]:
     return {"hash": False}
