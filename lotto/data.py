@@ -109,10 +109,6 @@ DATASETS: dict[str, DatasetInfo] = {
 }
 
 
-def dataset_names() -> list[str]:
-    return list(DATASETS)
-
-
 def dataset_info(name: str) -> DatasetInfo:
     """The registry entry for `name`, or an error listing the registered names."""
     if name not in DATASETS:

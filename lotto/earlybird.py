@@ -124,16 +124,6 @@ def is_drawn(history: list[Tensor], window: int, epsilon: float) -> bool:
     return max(mask_distance(old, newest) for old in history[-window:-1]) < epsilon
 
 
-def first_draw(stack: Tensor, window: int, epsilon: float) -> int | None:
-    """The 1-based epoch at which the masks `stack` ([E, C], epoch 1 first) draw the ticket."""
-    history: list[Tensor] = []
-    for epoch, mask in enumerate(stack, start=1):
-        history.append(mask)
-        if is_drawn(history, window, epsilon):
-            return epoch
-    return None
-
-
 # --- reduced precision ----------------------------------------------------------------------
 
 
@@ -171,11 +161,6 @@ def set_precision_(model: nn.Module, precision: str) -> None:
 
 def _ticket_file(search_dir: Path, ratio: float, label: str) -> Path:
     return search_dir / "tickets" / f"{ratio_label(ratio)}_{label}.pt"
-
-
-def ticket_files(spec: ExperimentSpec, search_dir: str | Path) -> list[Path]:
-    """Every ticket file the search writes."""
-    return [_ticket_file(Path(search_dir), r, label) for r in settings(spec).ratios for label in ticket_labels(spec)]
 
 
 def _new_model(spec: ExperimentSpec, init_seed: int, device: torch.device) -> nn.Module:

@@ -59,10 +59,6 @@ def density(mask: Mask) -> float:
     return kept / total
 
 
-def layer_densities(mask: Mask) -> dict[str, float]:
-    return {name: float(m.float().mean()) for name, m in mask.items()}
-
-
 def hamming(a: Mask, b: Mask) -> float:
     """Normalised Hamming distance: the fraction of positions where two masks differ."""
     if a.keys() != b.keys():

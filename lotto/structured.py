@@ -193,13 +193,6 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
-def pruned_model(model: nn.Module, channel_mask: ChannelMask, state: dict[str, Tensor]) -> nn.Module:
-    """Rebuild a saved pruned model: `model` (any weights) pruned by `channel_mask`, then `state`."""
-    pruned = prune_channels(model, channel_mask)
-    pruned.load_state_dict(state)
-    return pruned
-
-
 @torch.no_grad()
 def max_output_difference(model: nn.Module, channel_mask: ChannelMask, x: Tensor) -> float:
     """Largest |pruned(x) - masked(x)| in eval mode: ~0 (float rounding) when pruning is right."""

@@ -254,13 +254,12 @@ def test_apply_zeroes_exactly_the_pruned_weights():
         assert torch.equal(module.weight[mask[name]], before[name][mask[name]])
 
 
-def test_density_layer_densities_and_hamming():
+def test_density_and_hamming():
     model = two_layer_net()
     mask = masks.ones(model)
     half = dict(mask)
     half["0"] = torch.arange(1000).view(20, 50) % 2 == 0
     assert masks.density(half) == pytest.approx((500 + 200) / 1200)
-    assert masks.layer_densities(half) == {"0": 0.5, "1": 1.0}
     assert masks.hamming(mask, half) == pytest.approx(500 / 1200)
     with pytest.raises(ValueError, match="different layers"):
         masks.hamming(mask, {"0": mask["0"]})
