@@ -32,6 +32,7 @@ import torch
 
 from lotto import data as datasets
 from lotto import io, masks, metrics, optimal_masks, prune
+from lotto.errors import InvalidValue
 from lotto.spec import ExperimentSpec, TrainingSpec, build_model, seed_vectorisation_problems
 from lotto.train import TrainResult, evaluate, resolve_device, train
 from lotto.vmap import DivergedError, train_seeds
@@ -83,7 +84,7 @@ def load_data(spec: ExperimentSpec, data_path: str | Path, device: torch.device)
         data_path, val_size=d.val_size, device=device, labels=list(d.labels) if d.labels else None, half=d.half
     )
     if tuple(splits.input_shape) != tuple(d.input_shape):
-        raise ValueError(f"{data_path}: images are {splits.input_shape}, the spec expects {d.input_shape}")
+        raise InvalidValue(f"{data_path}: images are {splits.input_shape}, the spec expects {d.input_shape}")
     return replace(splits, augment=d.augment)
 
 
@@ -175,18 +176,18 @@ def run_round_seeds(
     which records the divergence."""
     n = len(seeds)
     if n == 0 or len(set(seeds)) != n:
-        raise ValueError(f"seeds {list(seeds)}: give at least one seed, each once")
+        raise InvalidValue(f"seeds {list(seeds)}: give at least one seed, each once")
     per_seed = {"outs": outs, "dense_dirs": dense_dirs, "prev_dirs": prev_dirs,
                 "rewind_files": rewind_files or [None] * n, "scores_files": scores_files or [None] * n}
     for name, paths in per_seed.items():
         if len(paths) != n:
-            raise ValueError(f"{name}: {len(paths)} paths for {n} seeds {list(seeds)}; give one per seed")
+            raise InvalidValue(f"{name}: {len(paths)} paths for {n} seeds {list(seeds)}; give one per seed")
     if round_ < 1:
-        raise ValueError(f"round {round_}: only pruned rounds (>= 1) train seeds together; "
-                         "run round 0 per seed with run_round")
+        raise InvalidValue(f"round {round_}: only pruned rounds (>= 1) train seeds together; "
+                           "run round 0 per seed with run_round")
     problems = seed_vectorisation_problems(spec.model, spec.dataset, spec.training, spec.rewinding)
     if problems:
-        raise ValueError(f"{spec.name}: " + "; ".join(f"{key}: {message}" for key, message in problems))
+        raise InvalidValue(f"{spec.name}: " + "; ".join(f"{key}: {message}" for key, message in problems))
     device = resolve_device(spec.training.device)
     splits = load_data(spec, data_path, device)
     starts = [
@@ -215,7 +216,7 @@ def _pruned_start(spec: ExperimentSpec, splits: datasets.Splits, seed: int, roun
     """One seed's pruned round before training: the previous round's final weights pruned by the
     criterion into the round's mask, and the network set to the rewinding recipe's start point."""
     if prev_dir is None or dense_dir is None:
-        raise ValueError("a pruned round needs the previous round's directory and the dense round's directory")
+        raise InvalidValue("a pruned round needs the previous round's directory and the dense round's directory")
     model = _new_model(spec, seed, device)
     model.load_state_dict(_load_state(prev_dir / "checkpoint.pt", device))
     prev_mask = masks.load(prev_dir / "mask.pt", model)
@@ -230,7 +231,7 @@ def _pruned_start(spec: ExperimentSpec, splits: datasets.Splits, seed: int, roun
         pass  # keep the previous round's final weights (already loaded)
     else:
         if rewind_file is None:
-            raise ValueError(f"rewinding from {point.source} needs --rewind-from")
+            raise InvalidValue(f"rewinding from {point.source} needs --rewind-from")
         state = _load_state(rewind_file, device)
         if not state:
             raise io.CorruptFileError(f"{rewind_file}: holds no weights; was it written by a 'back' recipe?")
@@ -270,8 +271,8 @@ def _criterion_scores(spec: ExperimentSpec, splits: datasets.Splits, seed: int, 
         return _snip_scores(spec, splits, seed, dense_dir, device)
     if spec.pruning.criterion == "optimal_mask":
         if scores_file is None:
-            raise ValueError("criterion optimal_mask needs the learned logits: pass --scores "
-                             f"(the {optimal_masks.LOGITS_FILE} written by 'lotto learn-mask')")
+            raise InvalidValue("criterion optimal_mask needs the learned logits: pass --scores "
+                               f"(the {optimal_masks.LOGITS_FILE} written by 'lotto learn-mask')")
         return optimal_masks.as_scores(_load_state(scores_file, torch.device("cpu")))
     return None
 
@@ -292,7 +293,7 @@ def run_learn_mask(spec: ExperimentSpec, data_path: Path, seed: int, weights_fil
     (`weights_file`: round 0 replayed to mask_training.pretrain, or theta_0 when that is 0)."""
     settings = spec.pruning.mask_training
     if settings is None:
-        raise ValueError(f"{spec.name}: learn-mask is for criterion optimal_mask, not {spec.pruning.criterion!r}")
+        raise InvalidValue(f"{spec.name}: learn-mask is for criterion optimal_mask, not {spec.pruning.criterion!r}")
     device = resolve_device(spec.training.device)
     splits = load_data(spec, data_path, device)
     model = _new_model(spec, seed, device)
@@ -340,7 +341,7 @@ def run_branch(
     where round_dir and dense_dir are another experiment's (transfer.from).
     """
     if kind not in BRANCHES:
-        raise ValueError(f"unknown branch {kind!r}; choose one of: {', '.join(BRANCHES)}")
+        raise InvalidValue(f"unknown branch {kind!r}; choose one of: {', '.join(BRANCHES)}")
     device = resolve_device(spec.training.device)
     splits = load_data(spec, data_path, device)
     model = _new_model(spec, seed, device)
@@ -378,7 +379,7 @@ def scratch_b_schedule(training: TrainingSpec, density: float) -> TrainingSpec:
     1/density (FLOPs of the masked layers scale with their weights; per-layer costs differ, so this
     is an approximation), capped at SCRATCH_B_MAX_FACTOR. Milestones and warm-up stretch with it."""
     if not 0 < density <= 1:
-        raise ValueError(f"density {density!r} is out of range; allowed: 0 < density <= 1")
+        raise InvalidValue(f"density {density!r} is out of range; allowed: 0 < density <= 1")
     factor = min(1.0 / density, SCRATCH_B_MAX_FACTOR)
     return replace(
         training,
@@ -396,7 +397,7 @@ def shuffle_ticket_(model: torch.nn.Module, mask: masks.Mask, kind: str, generat
     shuffle_mask: mask and weights move together under one permutation of each layer's positions.
     """
     if kind not in ("shuffle_weights", "shuffle_mask"):
-        raise ValueError(f"unknown ticket shuffle {kind!r}; choose one of: shuffle_weights, shuffle_mask")
+        raise InvalidValue(f"unknown ticket shuffle {kind!r}; choose one of: shuffle_weights, shuffle_mask")
     new_mask = dict(mask)
     with torch.no_grad():
         for name, _, module in masks.prunable_layers(model):

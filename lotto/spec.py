@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from lotto.errors import InvalidValue
 from lotto.inputs import (
     SAFE_NAME,
     SAFE_NAME_RULE,
@@ -48,7 +49,7 @@ from lotto.spec_types import (  # noqa: F401 - re-exported: lotto.spec is the pu
 )
 
 
-class SpecError(ValueError):
+class SpecError(InvalidValue):
     """An experiment file is invalid; the message says where and what is allowed."""
 
 
