@@ -38,7 +38,7 @@ from lotto import masks
 from lotto.io import load_torch
 from lotto.models import create_model
 from lotto.spec import TrainingSpec
-from lotto.train import train
+from lotto.train import make_optimizer, train
 
 
 @dataclass(frozen=True)
@@ -121,18 +121,6 @@ def random_mask(model: torch.nn.Module, density: float) -> masks.Mask:
     }
 
 
-def make_optimizer(model: torch.nn.Module, spec: TrainingSpec) -> torch.optim.Optimizer:
-    if spec.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=spec.lr, fused=True)
-    return torch.optim.SGD(
-        model.parameters(),
-        lr=spec.lr,
-        momentum=spec.momentum,
-        weight_decay=spec.weight_decay,
-        fused=True,
-    )
-
-
 # ---------------------------------------------------------------------------------- loops
 # Each builder does its setup and returns `run(steps)`, the part that is timed.
 
@@ -163,7 +151,7 @@ def lotto_loop(
 
 def plain_loop(case: Case, splits: datasets.Splits, device: torch.device) -> Callable[[int], None]:
     model = new_model(case, splits, device)
-    optimizer = make_optimizer(model, case.training)
+    optimizer = make_optimizer(model.parameters(), case.training)
     x_all, y_all, batch = splits.train_x, splits.train_y, case.training.batch_size
     generator = torch.Generator(device=device).manual_seed(0)
     batches = _index_batches(len(x_all), batch, device)
@@ -197,7 +185,7 @@ def dataloader_loop(
     from torchvision import transforms
 
     model = new_model(case, splits, device)
-    optimizer = make_optimizer(model, case.training)
+    optimizer = make_optimizer(model.parameters(), case.training)
     raw = load_torch(common.prepared(case.data, cache_dir))
     channels = raw["train_x"].shape[1]
     mean = [float(raw["train_x"][:, c].float().mean()) / 255 for c in range(channels)]

@@ -1,8 +1,9 @@
 """`python -m lotto <verb>`: the one entry point every workflow rule calls.
 
 Each verb parses its arguments, imports what it needs lazily (so `--help` and small
-verbs start fast), runs one library function and exits. Bad input exits with code 2
-and a one-line message, never a traceback.
+verbs start fast), runs one library function and exits. Bad input (a lotto.errors.UserError,
+or an OSError such as a missing file) exits with code 2 and a one-line message, never a
+traceback; any other exception is a bug in lotto and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import json
 import os
 import sys
 from pathlib import Path
+
+from lotto.errors import InvalidValue, UserError
 
 
 def _spec_from_json(text: str, source: str):
@@ -86,8 +89,8 @@ def _seed_paths(args: argparse.Namespace) -> dict[str, list[Path | None]]:
     for flag in ("out", "dense", "prev", "rewind_from", "scores"):
         template = getattr(args, flag)
         if template is not None and len(args.seed) > 1 and "{seed}" not in template:
-            raise ValueError(f"--{flag.replace('_', '-')} {template}: with several --seed each path must "
-                             "contain {seed}, e.g. results/x/seed{seed}/round2")
+            raise InvalidValue(f"--{flag.replace('_', '-')} {template}: with several --seed each path must "
+                               "contain {seed}, e.g. results/x/seed{seed}/round2")
         paths[flag] = [None if template is None else Path(template.replace("{seed}", str(seed)))
                        for seed in args.seed]
     return paths
@@ -174,7 +177,7 @@ def cmd_figure(args: argparse.Namespace) -> None:
         figures.early_stop_vs_density(frame, args.out, title=args.title)
     else:
         if not args.densities:
-            raise ValueError("--kind curves needs --densities, e.g. --densities 1.0 0.5 0.2")
+            raise InvalidValue("--kind curves needs --densities, e.g. --densities 1.0 0.5 0.2")
         figures.curves(frame, args.out, densities=args.densities, title=args.title)
 
 
@@ -217,7 +220,7 @@ def cmd_layers(args: argparse.Namespace) -> None:
 
     dataset = args.dataset or ("mnist" if args.model.startswith(("lenet", "mlp")) else "cifar10")
     if dataset not in DATASET_FACTS:
-        raise ValueError(f"unknown dataset {dataset!r}; choose one of: {', '.join(DATASET_FACTS)}")
+        raise InvalidValue(f"unknown dataset {dataset!r}; choose one of: {', '.join(DATASET_FACTS)}")
     rows = layer_table(build_model(ModelSpec(args.model, width=args.width), DatasetSpec(dataset), "meta"))
     shape = "x".join(map(str, DATASET_FACTS[dataset]["shape"]))
     print(f"{args.model} on {dataset} ({shape}): {len(rows)} prunable layers, "
@@ -425,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except KeyboardInterrupt:
         return 130
-    except (ValueError, OSError, RuntimeError, KeyError) as err:
+    except (UserError, OSError) as err:  # anything else is a bug in lotto: its traceback is kept
         message = str(err).strip() or type(err).__name__
         first, *rest = message.splitlines()
         print(f"lotto {args.verb}: error: {first}", file=sys.stderr)

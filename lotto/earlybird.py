@@ -50,6 +50,7 @@ from lotto.eb_plan import (
     ticket_labels,
     total_epochs,
 )
+from lotto.errors import CannotRun, InvalidValue
 from lotto.rounds import derived_seed, load_data
 from lotto.spec import ExperimentSpec, PruningSpec, build_model
 from lotto.train import resolve_device, train
@@ -75,7 +76,7 @@ def flat_channel_mask(scores: Tensor, sizes: list[int], ratio: float) -> Tensor:
     """Keep all but the round(ratio * total) smallest scores under one global threshold (ties
     by position). A layer left empty keeps its largest channel, so every layer survives."""
     if not 0.0 <= ratio < 1.0:
-        raise ValueError(f"pruning ratio {ratio!r} is out of range; allowed: 0 <= ratio < 1")
+        raise InvalidValue(f"pruning ratio {ratio!r} is out of range; allowed: 0 <= ratio < 1")
     remove = round(ratio * len(scores))
     keep = torch.ones(len(scores), dtype=torch.bool)
     keep[torch.sort(scores, stable=True).indices[:remove]] = False
@@ -91,7 +92,7 @@ def flat_channel_mask(scores: Tensor, sizes: list[int], ratio: float) -> Tensor:
 def unflatten(flat: Tensor, sizes: dict[str, int]) -> structured.ChannelMask:
     """A flat channel mask split into one tensor per BN layer."""
     if len(flat) != sum(sizes.values()):
-        raise ValueError(f"flat mask has {len(flat)} channels, the model {sum(sizes.values())}")
+        raise InvalidValue(f"flat mask has {len(flat)} channels, the model {sum(sizes.values())}")
     return dict(zip(sizes, torch.split(flat, list(sizes.values())), strict=True))
 
 
@@ -104,7 +105,7 @@ def channel_mask(model: nn.Module, ratio: float) -> structured.ChannelMask:
 def mask_distance(a: Tensor, b: Tensor) -> float:
     """Normalised Hamming distance: the fraction of channels where two flat masks differ."""
     if a.shape != b.shape:
-        raise ValueError(f"masks of different sizes: {tuple(a.shape)} vs {tuple(b.shape)}")
+        raise InvalidValue(f"masks of different sizes: {tuple(a.shape)} vs {tuple(b.shape)}")
     return float((a != b).float().mean())
 
 
@@ -124,16 +125,6 @@ def is_drawn(history: list[Tensor], window: int, epsilon: float) -> bool:
     return max(mask_distance(old, newest) for old in history[-window:-1]) < epsilon
 
 
-def first_draw(stack: Tensor, window: int, epsilon: float) -> int | None:
-    """The 1-based epoch at which the masks `stack` ([E, C], epoch 1 first) draw the ticket."""
-    history: list[Tensor] = []
-    for epoch, mask in enumerate(stack, start=1):
-        history.append(mask)
-        if is_drawn(history, window, epsilon):
-            return epoch
-    return None
-
-
 # --- reduced precision ----------------------------------------------------------------------
 
 
@@ -147,7 +138,7 @@ def fake_quantise(t: Tensor, bits: int = 8) -> Tensor:
 def set_precision_(model: nn.Module, precision: str) -> None:
     """Make `model`'s forward run in `precision`; parameters and names stay as they are."""
     if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+        raise InvalidValue(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
     if precision == "bf16":
         full_precision_forward = model.forward
 
@@ -171,11 +162,6 @@ def set_precision_(model: nn.Module, precision: str) -> None:
 
 def _ticket_file(search_dir: Path, ratio: float, label: str) -> Path:
     return search_dir / "tickets" / f"{ratio_label(ratio)}_{label}.pt"
-
-
-def ticket_files(spec: ExperimentSpec, search_dir: str | Path) -> list[Path]:
-    """Every ticket file the search writes."""
-    return [_ticket_file(Path(search_dir), r, label) for r in settings(spec).ratios for label in ticket_labels(spec)]
 
 
 def _new_model(spec: ExperimentSpec, init_seed: int, device: torch.device) -> nn.Module:
@@ -238,11 +224,11 @@ def search(spec: ExperimentSpec, data_path: str | Path, seed: int, out: str | Pa
     result = train(model, splits, training, mask=masks.ones(model), seed=seed,
                    steps=spec.training.duration, label=f"{spec.name} seed{seed} eb-search", on_eval=record)
     if result.status != "ok":
-        raise RuntimeError(f"the dense search diverged at step {result.diverged_step}; lower training.lr")
+        raise CannotRun(f"the dense search diverged at step {result.diverged_step}; lower training.lr")
     last_epoch = trained["epoch"]
     if last_epoch < max(eb.window, 1):
-        raise ValueError(f"the search recorded {last_epoch} masks, fewer than earlybird.window "
-                         f"({eb.window}); lower earlybird.record_every or the window")
+        raise InvalidValue(f"the search recorded {last_epoch} masks, fewer than earlybird.window "
+                           f"({eb.window}); lower earlybird.record_every or the window")
 
     for ratio in eb.ratios:
         label = ratio_label(ratio)
@@ -299,10 +285,10 @@ def retrain(spec: ExperimentSpec, data_path: str | Path, seed: int, search_dir: 
     """Retrain one ticket (mode ff / reinit) or the one-shot LT baseline (mode lt_oneshot,
     ticket 'final'); write checkpoint, mask, metrics and summary.json into `out`."""
     if mode not in RETRAIN_MODES:
-        raise ValueError(f"unknown retrain mode {mode!r}; choose one of: {', '.join(RETRAIN_MODES)}")
+        raise InvalidValue(f"unknown retrain mode {mode!r}; choose one of: {', '.join(RETRAIN_MODES)}")
     eb, search_dir, out = settings(spec), Path(search_dir), Path(out)
     if ratio not in eb.ratios:
-        raise ValueError(f"ratio {ratio} is not searched; choose one of: {', '.join(map(str, eb.ratios))}")
+        raise InvalidValue(f"ratio {ratio} is not searched; choose one of: {', '.join(map(str, eb.ratios))}")
     device = resolve_device(spec.training.device)
     splits = load_data(spec, data_path, device)
     dense = _new_model(spec, seed, device)
@@ -313,8 +299,8 @@ def retrain(spec: ExperimentSpec, data_path: str | Path, seed: int, search_dir: 
 
     if mode == "lt_oneshot":
         if not search["trained_to_end"]:
-            raise ValueError("lt_oneshot prunes the final dense model; the search stopped early "
-                             "(set earlybird.baselines or stop_at_draw: false before searching)")
+            raise InvalidValue("lt_oneshot prunes the final dense model; the search stopped early "
+                               "(set earlybird.baselines or stop_at_draw: false before searching)")
         dense.load_state_dict(io.load_torch(search_dir / "last.pt", map_location=device))
         mask = prune.prune(dense, masks.ones(dense), PruningSpec(scope="global", rate=ratio))
         dense.load_state_dict(io.load_torch(search_dir / "init.pt", map_location=device))

@@ -22,6 +22,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from lotto import io
+from lotto.errors import InvalidValue
 from lotto.figures import DPI, MARKERS, STYLE, save
 from lotto.tables import template_environment
 
@@ -58,7 +59,7 @@ def read_searches(paths: list[str | Path]) -> list[dict]:
 def read_summaries(paths: list[str | Path]) -> pd.DataFrame:
     frame = pd.DataFrame([json.loads(Path(p).read_text()) for p in paths])
     if frame.empty:
-        raise ValueError("no retraining summaries given; run eb-train first")
+        raise InvalidValue("no retraining summaries given; run eb-train first")
     return frame
 
 

@@ -4,7 +4,8 @@ saves, the retrainings per pruning ratio, and how files name them. Read by the s
 
 from __future__ import annotations
 
-from lotto.spec import EarlyBirdSpec, ExperimentSpec
+from lotto.errors import InvalidValue
+from lotto.spec_types import EarlyBirdSpec, ExperimentSpec
 
 
 def ratio_label(ratio: float) -> str:
@@ -15,7 +16,7 @@ def ratio_label(ratio: float) -> str:
 def settings(spec: ExperimentSpec) -> EarlyBirdSpec:
     """The earlybird section, refused for an experiment without one."""
     if spec.earlybird is None:
-        raise ValueError(f"experiment {spec.name!r} has no earlybird section")
+        raise InvalidValue(f"experiment {spec.name!r} has no earlybird section")
     return spec.earlybird
 
 

@@ -24,6 +24,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedFormatter, FixedLocator, NullFormatter, NullLocator
 
 from lotto import io, metrics
+from lotto.errors import InvalidValue
 
 matplotlib.use("Agg")  # no display needed on cluster nodes; figures are only saved
 
@@ -60,7 +61,7 @@ def accuracy_vs_density(
 ) -> Figure:
     """Test accuracy (at the early-stop iteration, or at the end) vs percent of weights remaining."""
     if which not in WHICH:
-        raise ValueError(f"unknown accuracy {which!r}; choose one of: {', '.join(WHICH)}")
+        raise InvalidValue(f"unknown accuracy {which!r}; choose one of: {', '.join(WHICH)}")
     column, ylabel = WHICH[which]
     runs = _summaries(frame)
     runs["value"] = runs[column] * 100
@@ -80,14 +81,14 @@ def curves(
     """Test accuracy vs iteration of the main-branch rounds closest (in log density) to each
     requested density; mean over the seeds that did not diverge."""
     if not densities:
-        raise ValueError("curves need at least one density, e.g. 1.0 0.5 0.2")
+        raise InvalidValue("curves need at least one density, e.g. 1.0 0.5 0.2")
     for d in densities:
         if not 0 < d <= 1:
-            raise ValueError(f"density {d!r} is out of range; allowed: 0 < density <= 1")
+            raise InvalidValue(f"density {d!r} is out of range; allowed: 0 < density <= 1")
     main = _require_rows(frame)
     main = main[main.branch == "main"]
     if main.empty:
-        raise ValueError("no 'main' branch rows in the metrics; curves plot the pruning chain only")
+        raise InvalidValue("no 'main' branch rows in the metrics; curves plot the pruning chain only")
     runs = metrics.summarize(main)
     experiments = sorted(main.experiment.unique())
     with matplotlib.rc_context(STYLE):
@@ -131,14 +132,14 @@ def accuracy_boxes(
     once per seed) is the grey band from its minimum to its maximum, its median dashed. Diverged runs
     are red crosses, left out of the boxes."""
     if which not in WHICH:
-        raise ValueError(f"unknown accuracy {which!r}; choose one of: {', '.join(WHICH)}")
+        raise InvalidValue(f"unknown accuracy {which!r}; choose one of: {', '.join(WHICH)}")
     column, ylabel = WHICH[which]
     runs = _summaries(frame)
     runs["value"] = runs[column] * 100
     runs["label"] = runs.percent.map(_percent_label)
     pruned = runs[runs["round"] > 0]
     if pruned.empty:
-        raise ValueError("no pruned rounds in the metrics; box plots compare densities below 100%")
+        raise InvalidValue("no pruned rounds in the metrics; box plots compare densities below 100%")
     groups = sorted({(e, b) for e, b in zip(pruned.experiment, pruned.branch, strict=True)},
                     key=lambda g: (g[0], g[1] != "main", g[1]))
     categories = sorted(pruned.label.unique(), key=lambda label: -pruned[pruned.label == label].percent.mean())
@@ -189,7 +190,7 @@ def _summaries(frame: pd.DataFrame) -> pd.DataFrame:
 
 def _require_rows(frame: pd.DataFrame) -> pd.DataFrame:
     if frame.empty:
-        raise ValueError("the metrics table has no rows; nothing to plot")
+        raise InvalidValue("the metrics table has no rows; nothing to plot")
     return frame
 
 
@@ -312,7 +313,7 @@ def save(fig: Figure, out: str | Path) -> None:
     """Write `out` (PNG, 200 dpi) and the PDF beside it, each atomically."""
     png = Path(out)
     if png.suffix.lower() != ".png":
-        raise ValueError(f"{png}: figure output must end in .png (the PDF is written beside it)")
+        raise InvalidValue(f"{png}: figure output must end in .png (the PDF is written beside it)")
     for path, fmt in ((png, "png"), (png.with_suffix(".pdf"), "pdf")):
         with io.atomic_path(path) as tmp:
             fig.savefig(tmp, format=fmt, dpi=DPI)

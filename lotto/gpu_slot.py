@@ -98,6 +98,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from lotto import io
+from lotto.errors import InvalidValue
 
 POLL_INTERVAL_S = 0.05
 EXIT_USAGE = 2
@@ -133,7 +134,7 @@ def parse_gpu_list(text: str, source: str) -> tuple[str, ...]:
         return ()
     ids = tuple(part.strip() for part in text.split(","))
     if "" in ids:
-        raise ValueError(f"{source}={text!r} has an empty entry; expected ids like '0,1,2,3'")
+        raise InvalidValue(f"{source}={text!r} has an empty entry; expected ids like '0,1,2,3'")
     # CUDA ignores a negative index and every id after it (CUDA_VISIBLE_DEVICES=-1 hides all).
     for position, gpu_id in enumerate(ids):
         if re.fullmatch(r"-\d+", gpu_id):
@@ -141,7 +142,7 @@ def parse_gpu_list(text: str, source: str) -> tuple[str, ...]:
             break
     duplicates = sorted({gpu_id for gpu_id in ids if ids.count(gpu_id) > 1})
     if duplicates:
-        raise ValueError(f"{source}={text!r} lists GPU(s) {', '.join(duplicates)} twice")
+        raise InvalidValue(f"{source}={text!r} lists GPU(s) {', '.join(duplicates)} twice")
     return ids
 
 
@@ -267,12 +268,12 @@ def acquire(
     (None: wait forever; 0: try once) pass without ``n`` free GPU slots.
     """
     if n < 0:
-        raise ValueError(f"number of GPUs must be >= 0, got {n}")
+        raise InvalidValue(f"number of GPUs must be >= 0, got {n}")
     if per_gpu < 1:
-        raise ValueError(f"slots per GPU must be >= 1, got {per_gpu}")
+        raise InvalidValue(f"slots per GPU must be >= 1, got {per_gpu}")
     if n > len(pool):
         available = ",".join(pool) if pool else "none"
-        raise ValueError(f"asked for {n} GPU(s) but the pool has {len(pool)} ({available})")
+        raise InvalidValue(f"asked for {n} GPU(s) but the pool has {len(pool)} ({available})")
     if n == 0:
         yield Slot(ids=(), lock_fds=())
         return

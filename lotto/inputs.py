@@ -19,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from lotto.errors import InvalidValue
+
 # The one definition of a safe name; the schemas' `pattern`s for names repeat it (tested).
 # It starts with a letter, digit or underscore (never '-', which a command would read as an
 # option, nor '.', so '.' and '..' are out) and has no path separator, whitespace, quote or
@@ -31,7 +33,7 @@ MAX_NODES = 100_000  # nodes after expanding aliases; the largest preset has ~20
 SHOWN_CHARS = 80
 
 
-class InputError(ValueError):
+class InputError(InvalidValue):
     """A file or name is refused; the message is one line per problem, naming the file."""
 
 

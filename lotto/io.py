@@ -20,11 +20,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from lotto.errors import UserError
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-class CorruptFileError(RuntimeError):
+class CorruptFileError(UserError, RuntimeError):
     """A result file is missing its checksum, truncated or altered."""
 
 

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from lotto import io
+from lotto.errors import InvalidValue
 
 Mask = dict[str, torch.Tensor]
 
@@ -59,10 +60,6 @@ def density(mask: Mask) -> float:
     return kept / total
 
 
-def layer_densities(mask: Mask) -> dict[str, float]:
-    return {name: float(m.float().mean()) for name, m in mask.items()}
-
-
 def hamming(a: Mask, b: Mask) -> float:
     """Normalised Hamming distance: the fraction of positions where two masks differ."""
     if a.keys() != b.keys():
@@ -78,7 +75,7 @@ def check(mask: Mask, model: nn.Module, source: str = "mask") -> None:
     if expected != got:
         wrong = sorted(k for k in expected.keys() | got.keys() if expected.get(k) != got.get(k))
         details = ", ".join(f"{k}: mask {got.get(k)} vs model {expected.get(k)}" for k in wrong[:4])
-        raise ValueError(f"{source} does not fit the model ({details})")
+        raise InvalidValue(f"{source} does not fit the model ({details})")
 
 
 def apply_(model: nn.Module, mask: Mask) -> None:

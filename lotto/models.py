@@ -27,6 +27,8 @@ from collections.abc import Callable, Sequence
 
 from torch import Tensor, nn
 
+from lotto.errors import InvalidValue
+
 Shape = tuple[int, int, int]
 ModelBuilder = Callable[..., nn.Module]
 
@@ -47,7 +49,7 @@ def register(builder: ModelBuilder) -> ModelBuilder:
     )
     unknown = sorted(options - frozenset(_OPTION_DEFAULTS))
     if unknown:
-        raise ValueError(
+        raise InvalidValue(
             f"model {name!r} declares unknown options {unknown}; "
             f"choose from: {', '.join(_OPTION_DEFAULTS)}"
         )
@@ -72,11 +74,11 @@ def create_model(
 ) -> nn.Module:
     """Build model `name` for inputs of shape (C, H, W); initialised from torch's global RNG."""
     if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(model_names())}")
+        raise InvalidValue(f"unknown model {name!r}; choose one of: {', '.join(model_names())}")
     builder, supported = _REGISTRY[name]
     shape = _checked_shape(input_shape)
     if not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+        raise InvalidValue(f"num_classes must be a positive integer, got {num_classes!r}")
     _check_range("dropout", dropout, 0.0 <= dropout < 1.0, "[0, 1)")
     _check_range("width", width, width > 0.0, "> 0")
     _check_range("bn_momentum", bn_momentum, 0.0 <= bn_momentum <= 1.0, "[0, 1]")
@@ -93,7 +95,7 @@ def create_model(
         key for key, value in requested.items() if key not in supported and value != defaults[key]
     ]
     if refused:
-        raise ValueError(
+        raise InvalidValue(
             f"model {name!r} does not support "
             f"{', '.join(f'{key}={requested[key]!r}' for key in refused)}; leave it at the default "
             f"({', '.join(f'{key}={defaults[key]!r}' for key in refused)}); "
@@ -108,7 +110,7 @@ def create_model(
 def _checked_shape(input_shape: Sequence[int]) -> Shape:
     shape = tuple(input_shape)
     if len(shape) != 3 or not all(isinstance(size, int) and size > 0 for size in shape):
-        raise ValueError(
+        raise InvalidValue(
             f"input_shape must be (channels, height, width) of positive ints, got {input_shape!r}"
         )
     return shape  # type: ignore[return-value]
@@ -116,13 +118,13 @@ def _checked_shape(input_shape: Sequence[int]) -> Shape:
 
 def _check_range(option: str, value: float, valid: bool, allowed: str) -> None:
     if not valid:
-        raise ValueError(f"{option} must be in {allowed}, got {value!r}")
+        raise InvalidValue(f"{option} must be in {allowed}, got {value!r}")
 
 
 def _require_min_size(family: str, input_shape: Shape, min_size: int, reason: str) -> None:
     _, height, width = input_shape
     if height < min_size or width < min_size:
-        raise ValueError(
+        raise InvalidValue(
             f"input {height}x{width} is too small for {family}: {reason}, "
             f"so it needs at least {min_size}x{min_size}"
         )
@@ -425,7 +427,7 @@ def _blocks_per_stage(family: str, depth: int, convs_per_block: int, other_layer
     per_block_layers = 3 * convs_per_block
     blocks, remainder = divmod(depth - other_layers, per_block_layers)
     if blocks < 1 or remainder:
-        raise ValueError(
+        raise InvalidValue(
             f"{family} depth {depth} is not {per_block_layers}n+{other_layers} with n >= 1; "
             f"use e.g. {per_block_layers + other_layers} or {2 * per_block_layers + other_layers}"
         )

@@ -29,8 +29,9 @@ from torch import nn
 from torch.func import functional_call
 
 from lotto.data import Splits
+from lotto.errors import InvalidValue
 from lotto.masks import prunable_layers
-from lotto.spec import MaskTrainingSpec
+from lotto.spec_types import MaskTrainingSpec
 from lotto.train import BatchSchedule
 
 LOGITS_FILE = "mask_logits.pt"
@@ -95,7 +96,7 @@ def penalty_gradient(mask: torch.Tensor, settings: MaskTrainingSpec) -> torch.Te
         return torch.full_like(mask, settings.penalty_coef)
     if settings.penalty == "l2":
         return 2.0 * settings.penalty_coef * mask
-    raise ValueError(f"unknown mask_training.penalty {settings.penalty!r}; choose one of: l1, l2")
+    raise InvalidValue(f"unknown mask_training.penalty {settings.penalty!r}; choose one of: l1, l2")
 
 
 def expected_density(logits: dict[str, torch.Tensor]) -> float:

@@ -17,15 +17,16 @@ rather than nothing: the mask version of removing the filter.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lotto.errors import InvalidValue
 from lotto.masks import Mask, prunable_layers
-from lotto.spec import PruningSpec
-
-CRITERIA = ("magnitude", "random", "snip", "l1_filter", "optimal_mask")
+from lotto.spec_types import PruningSpec
 
 
 def _scores(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -59,17 +60,42 @@ def snip_scores(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str,
     return {name: (w.detach() * g).abs().flatten().cpu() for (name, _, _), w, g in zip(layers, weights, grads, strict=True)}
 
 
-def criterion_scores(model: nn.Module, mask: Mask, criterion: str) -> dict[str, torch.Tensor]:
+@dataclass(frozen=True)
+class Criterion:
+    """A pruning criterion: the per-weight scores it ranks by (lowest pruned first), from the
+    weights and the mask alone (`scores`), or else what the caller must compute and pass (`needs`)."""
+
+    scores: Callable[[nn.Module, Mask], dict[str, torch.Tensor]] | None
+    needs: str = ""
+    drawn: bool = False  # scores drawn at random when pruning (prune_counts' generator)
+    whole_units: bool = False  # removes whole output units: counts are rounded to units
+
+
+# The pruning criteria by name (the schema's pruning.criterion enum; tests/test_masks_prune.py
+# checks they agree). The rounds' runner supplies the scores each `needs`.
+CRITERIA: dict[str, Criterion] = {
+    "magnitude": Criterion(lambda model, mask: _scores(model)),
+    "random": Criterion(None, drawn=True),
+    "snip": Criterion(None, needs="a batch of data: compute prune.snip_scores(model, x, y) and pass them"),
+    "l1_filter": Criterion(_l1_filter_scores, whole_units=True),
+    "optimal_mask": Criterion(None, needs="learned logits: compute them with lotto.optimal_masks and pass them"),
+}
+
+
+def get_criterion(name: str) -> Criterion:
+    """The registered criterion `name`; an unknown name is refused with every choice."""
+    if name not in CRITERIA:
+        raise InvalidValue(f"unknown pruning criterion {name!r}; choose one of: {', '.join(CRITERIA)}")
+    return CRITERIA[name]
+
+
+def criterion_scores(model: nn.Module, mask: Mask, name: str) -> dict[str, torch.Tensor]:
     """Flat per-weight scores of a criterion that reads only the weights (lowest are pruned first)."""
-    if criterion == "magnitude":
-        return _scores(model)
-    if criterion == "l1_filter":
-        return _l1_filter_scores(model, mask)
-    if criterion == "snip":
-        raise ValueError("snip scores need a batch of data: compute prune.snip_scores(model, x, y) and pass them")
-    if criterion == "optimal_mask":
-        raise ValueError("optimal_mask scores are learned logits: compute them with lotto.optimal_masks and pass them")
-    raise ValueError(f"criterion {criterion!r} has no scores; choose one of: magnitude, l1_filter, snip")
+    entry = get_criterion(name)
+    if entry.scores is None:
+        needs = entry.needs or "random draws, made when pruning (prune_counts' generator)"
+        raise ValueError(f"{name} scores need {needs}")
+    return entry.scores(model, mask)
 
 
 def _unit_removal(weight: torch.Tensor, alive: torch.Tensor, rate: float) -> int:
@@ -108,7 +134,7 @@ def removal_counts(model: nn.Module, mask: Mask, spec: PruningSpec,
         survivors = sum(int(mask[n].sum()) for n, _, _ in layers)
         ranking = scores if scores is not None else _scores(model)
         return _global_counts(ranking, mask, [n for n, _, _ in layers], round(spec.rate * survivors))
-    if spec.criterion == "l1_filter":
+    if get_criterion(spec.criterion).whole_units:
         return {n: _unit_removal(m.weight, mask[n], spec.rate_for(k)) for n, k, m in layers}
     return {n: round(spec.rate_for(k) * int(mask[n].sum())) for n, k, _ in layers}
 
@@ -118,16 +144,15 @@ def prune_counts(model: nn.Module, mask: Mask, counts: dict[str, int], criterion
                  scores: dict[str, torch.Tensor] | None = None) -> Mask:
     """Remove exactly counts[layer] survivors per layer: the lowest `scores` (the criterion's,
     computed from the weights when not given), or at random."""
-    if criterion not in CRITERIA:
-        raise ValueError(f"unknown pruning criterion {criterion!r}; choose one of: {', '.join(CRITERIA)}")
-    if scores is None and criterion != "random":
+    drawn = get_criterion(criterion).drawn
+    if scores is None and not drawn:
         scores = criterion_scores(model, mask, criterion)
     new = dict(mask)
     for name, count in counts.items():
         alive = mask[name].flatten()
         if count > int(alive.sum()):
-            raise ValueError(f"layer {name}: cannot remove {count} of {int(alive.sum())} survivors")
-        score = torch.rand(alive.numel(), generator=generator) if criterion == "random" else scores[name]
+            raise InvalidValue(f"layer {name}: cannot remove {count} of {int(alive.sum())} survivors")
+        score = torch.rand(alive.numel(), generator=generator) if drawn else scores[name]
         new[name] = _remove(score, alive, count).view_as(mask[name])
     return new
 
@@ -136,7 +161,7 @@ def prune(model: nn.Module, mask: Mask, spec: PruningSpec, generator: torch.Gene
           scores: dict[str, torch.Tensor] | None = None) -> Mask:
     """One round of pruning: the next mask (masks only shrink). `scores` is required for snip
     (see `snip_scores`); random pruning splits a global round by magnitude."""
-    if scores is None and spec.criterion != "random":
+    if scores is None and not get_criterion(spec.criterion).drawn:
         scores = criterion_scores(model, mask, spec.criterion)
     counts = removal_counts(model, mask, spec, scores)
     return prune_counts(model, mask, counts, spec.criterion, generator, scores)

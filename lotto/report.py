@@ -24,6 +24,7 @@ import pandas as pd
 
 from lotto import __version__, io
 from lotto.eb_figures import CAPTIONS
+from lotto.errors import InvalidValue
 from lotto.tables import template_environment
 
 VERSIONED_PACKAGES = ("torch", "torchvision", "numpy", "pandas", "matplotlib", "snakemake")
@@ -72,7 +73,7 @@ def _read_benchmark(path: Path, root: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: benchmark file not found") from None
     if "s" not in table.columns or table.empty:
-        raise ValueError(
+        raise InvalidValue(
             f"{path}: not a Snakemake benchmark file; expected a tab-separated table with an "
             f"'s' column and at least one row, found columns {list(table.columns)}"
         )

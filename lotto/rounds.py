@@ -25,6 +25,7 @@ import hashlib
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -32,18 +33,11 @@ import torch
 
 from lotto import data as datasets
 from lotto import io, masks, metrics, optimal_masks, prune
+from lotto.errors import InvalidValue
 from lotto.spec import ExperimentSpec, TrainingSpec, build_model, seed_vectorisation_problems
 from lotto.train import TrainResult, evaluate, resolve_device, train
 from lotto.vmap import DivergedError, train_seeds
 
-BRANCHES = (
-    "reinit", "random_mask", "oneshot", "supermask", "supermask_random",
-    "shuffle_weights", "shuffle_mask", "scratch_b", "transfer",
-)
-# Branches that read only their own experiment's files (the workflow's control_branch rule);
-# 'transfer' reads another experiment's round and has a rule of its own.
-LOCAL_BRANCHES = tuple(b for b in BRANCHES if b != "transfer")
-UNTRAINED_BRANCHES = ("supermask", "supermask_random")
 # Liu et al.'s Scratch-B trains for the dense model's FLOPs budget, but at most twice the epochs
 # (seed 001: "if pruning decreases the FLOPs by at least a factor of 2, the epochs are doubled").
 SCRATCH_B_MAX_FACTOR = 2.0
@@ -83,7 +77,7 @@ def load_data(spec: ExperimentSpec, data_path: str | Path, device: torch.device)
         data_path, val_size=d.val_size, device=device, labels=list(d.labels) if d.labels else None, half=d.half
     )
     if tuple(splits.input_shape) != tuple(d.input_shape):
-        raise ValueError(f"{data_path}: images are {splits.input_shape}, the spec expects {d.input_shape}")
+        raise InvalidValue(f"{data_path}: images are {splits.input_shape}, the spec expects {d.input_shape}")
     return replace(splits, augment=d.augment)
 
 
@@ -175,18 +169,18 @@ def run_round_seeds(
     which records the divergence."""
     n = len(seeds)
     if n == 0 or len(set(seeds)) != n:
-        raise ValueError(f"seeds {list(seeds)}: give at least one seed, each once")
+        raise InvalidValue(f"seeds {list(seeds)}: give at least one seed, each once")
     per_seed = {"outs": outs, "dense_dirs": dense_dirs, "prev_dirs": prev_dirs,
                 "rewind_files": rewind_files or [None] * n, "scores_files": scores_files or [None] * n}
     for name, paths in per_seed.items():
         if len(paths) != n:
-            raise ValueError(f"{name}: {len(paths)} paths for {n} seeds {list(seeds)}; give one per seed")
+            raise InvalidValue(f"{name}: {len(paths)} paths for {n} seeds {list(seeds)}; give one per seed")
     if round_ < 1:
-        raise ValueError(f"round {round_}: only pruned rounds (>= 1) train seeds together; "
-                         "run round 0 per seed with run_round")
+        raise InvalidValue(f"round {round_}: only pruned rounds (>= 1) train seeds together; "
+                           "run round 0 per seed with run_round")
     problems = seed_vectorisation_problems(spec.model, spec.dataset, spec.training, spec.rewinding)
     if problems:
-        raise ValueError(f"{spec.name}: " + "; ".join(f"{key}: {message}" for key, message in problems))
+        raise InvalidValue(f"{spec.name}: " + "; ".join(f"{key}: {message}" for key, message in problems))
     device = resolve_device(spec.training.device)
     splits = load_data(spec, data_path, device)
     starts = [
@@ -215,7 +209,7 @@ def _pruned_start(spec: ExperimentSpec, splits: datasets.Splits, seed: int, roun
     """One seed's pruned round before training: the previous round's final weights pruned by the
     criterion into the round's mask, and the network set to the rewinding recipe's start point."""
     if prev_dir is None or dense_dir is None:
-        raise ValueError("a pruned round needs the previous round's directory and the dense round's directory")
+        raise InvalidValue("a pruned round needs the previous round's directory and the dense round's directory")
     model = _new_model(spec, seed, device)
     model.load_state_dict(_load_state(prev_dir / "checkpoint.pt", device))
     prev_mask = masks.load(prev_dir / "mask.pt", model)
@@ -230,7 +224,7 @@ def _pruned_start(spec: ExperimentSpec, splits: datasets.Splits, seed: int, roun
         pass  # keep the previous round's final weights (already loaded)
     else:
         if rewind_file is None:
-            raise ValueError(f"rewinding from {point.source} needs --rewind-from")
+            raise InvalidValue(f"rewinding from {point.source} needs --rewind-from")
         state = _load_state(rewind_file, device)
         if not state:
             raise io.CorruptFileError(f"{rewind_file}: holds no weights; was it written by a 'back' recipe?")
@@ -270,8 +264,8 @@ def _criterion_scores(spec: ExperimentSpec, splits: datasets.Splits, seed: int, 
         return _snip_scores(spec, splits, seed, dense_dir, device)
     if spec.pruning.criterion == "optimal_mask":
         if scores_file is None:
-            raise ValueError("criterion optimal_mask needs the learned logits: pass --scores "
-                             f"(the {optimal_masks.LOGITS_FILE} written by 'lotto learn-mask')")
+            raise InvalidValue("criterion optimal_mask needs the learned logits: pass --scores "
+                               f"(the {optimal_masks.LOGITS_FILE} written by 'lotto learn-mask')")
         return optimal_masks.as_scores(_load_state(scores_file, torch.device("cpu")))
     return None
 
@@ -292,7 +286,7 @@ def run_learn_mask(spec: ExperimentSpec, data_path: Path, seed: int, weights_fil
     (`weights_file`: round 0 replayed to mask_training.pretrain, or theta_0 when that is 0)."""
     settings = spec.pruning.mask_training
     if settings is None:
-        raise ValueError(f"{spec.name}: learn-mask is for criterion optimal_mask, not {spec.pruning.criterion!r}")
+        raise InvalidValue(f"{spec.name}: learn-mask is for criterion optimal_mask, not {spec.pruning.criterion!r}")
     device = resolve_device(spec.training.device)
     splits = load_data(spec, data_path, device)
     model = _new_model(spec, seed, device)
@@ -339,31 +333,15 @@ def run_branch(
     Scratch-B budget (`scratch_b_schedule`); transfer: the ticket itself, theta_0 under the mask,
     where round_dir and dense_dir are another experiment's (transfer.from).
     """
-    if kind not in BRANCHES:
-        raise ValueError(f"unknown branch {kind!r}; choose one of: {', '.join(BRANCHES)}")
+    if kind not in BRANCH_REGISTRY:
+        raise InvalidValue(f"unknown branch {kind!r}; choose one of: {', '.join(BRANCHES)}")
     device = resolve_device(spec.training.device)
     splits = load_data(spec, data_path, device)
     model = _new_model(spec, seed, device)
-    mask = masks.load(round_dir / "mask.pt", model)
-    training = spec.training
-    if kind in ("reinit", "scratch_b"):
-        model = _new_model(spec, derived_seed(seed, "reinit", round_), device)
-        if kind == "scratch_b":
-            training = scratch_b_schedule(spec.training, masks.density(mask))
-    elif kind in ("random_mask", "supermask_random"):
-        mask = prune.random_like(mask, torch.Generator().manual_seed(derived_seed(seed, "random_mask", round_)))
-        model.load_state_dict(_load_state(dense_dir / "init.pt", device))
-    elif kind == "oneshot":
-        model.load_state_dict(_load_state(dense_dir / "checkpoint.pt", device))
-        mask = prune.prune_to_match(model, mask, spec.pruning.scope, spec.pruning.exclude)
-        model.load_state_dict(_load_state(dense_dir / "init.pt", device))
-    else:
-        model.load_state_dict(_load_state(dense_dir / "init.pt", device))
-        if kind in ("shuffle_weights", "shuffle_mask"):
-            generator = torch.Generator().manual_seed(derived_seed(seed, kind, round_))
-            mask = shuffle_ticket_(model, mask, kind, generator, spec.pruning.exclude)
+    ticket = _Ticket(spec, seed, round_, model, masks.load(round_dir / "mask.pt", model), dense_dir, device)
+    model, mask, training = BRANCH_REGISTRY[kind].start(ticket)
     label = f"{spec.name} seed{seed} round{round_} {kind}"
-    if kind in UNTRAINED_BRANCHES:
+    if not BRANCH_REGISTRY[kind].trained:
         result = evaluate_untrained(model, splits, mask)
     else:
         result = train(model, splits, training, mask=mask, seed=seed, steps=training.duration,
@@ -373,12 +351,95 @@ def run_branch(
     return result
 
 
+@dataclass(frozen=True)
+class _Ticket:
+    """What a branch starts from: round `round_`'s mask, `model` built with the seed's
+    initialisation, and the dense round's directory (theta_0 in init.pt, final weights)."""
+
+    spec: ExperimentSpec
+    seed: int
+    round_: int
+    model: torch.nn.Module
+    mask: masks.Mask
+    dense_dir: Path
+    device: torch.device
+
+    def theta_0(self) -> torch.nn.Module:
+        self.model.load_state_dict(_load_state(self.dense_dir / "init.pt", self.device))
+        return self.model
+
+
+BranchStart = tuple[torch.nn.Module, masks.Mask, TrainingSpec]  # its network, mask and schedule
+
+
+def _fresh_init(t: _Ticket) -> BranchStart:
+    return _new_model(t.spec, derived_seed(t.seed, "reinit", t.round_), t.device), t.mask, t.spec.training
+
+
+def _scratch_b(t: _Ticket) -> BranchStart:
+    model, mask, _ = _fresh_init(t)
+    return model, mask, scratch_b_schedule(t.spec.training, masks.density(mask))
+
+
+def _random_mask(t: _Ticket) -> BranchStart:
+    mask = prune.random_like(t.mask, torch.Generator().manual_seed(derived_seed(t.seed, "random_mask", t.round_)))
+    return t.theta_0(), mask, t.spec.training
+
+
+def _oneshot(t: _Ticket) -> BranchStart:
+    t.model.load_state_dict(_load_state(t.dense_dir / "checkpoint.pt", t.device))
+    mask = prune.prune_to_match(t.model, t.mask, t.spec.pruning.scope, t.spec.pruning.exclude)
+    return t.theta_0(), mask, t.spec.training
+
+
+def _the_ticket(t: _Ticket) -> BranchStart:
+    return t.theta_0(), t.mask, t.spec.training
+
+
+def _shuffled(kind: str) -> Callable[[_Ticket], BranchStart]:
+    def start(t: _Ticket) -> BranchStart:
+        model = t.theta_0()
+        generator = torch.Generator().manual_seed(derived_seed(t.seed, kind, t.round_))
+        return model, shuffle_ticket_(model, t.mask, kind, generator, t.spec.pruning.exclude), t.spec.training
+
+    return start
+
+
+@dataclass(frozen=True)
+class Branch:
+    """A control branch: how it turns the round's ticket into its network, mask and schedule
+    (run_branch's docstring says what each does), and how the workflow runs it."""
+
+    start: Callable[[_Ticket], BranchStart]
+    trained: bool = True  # False: evaluated as it starts, at step 0 only
+    local: bool = True  # reads only its own experiment's files ('transfer' reads another's)
+
+
+# The control branches by name (the schema's branches enum; tests/test_masks_prune.py checks).
+BRANCH_REGISTRY: dict[str, Branch] = {
+    "reinit": Branch(_fresh_init),
+    "random_mask": Branch(_random_mask),
+    "oneshot": Branch(_oneshot),
+    "supermask": Branch(_the_ticket, trained=False),
+    "supermask_random": Branch(_random_mask, trained=False),
+    "shuffle_weights": Branch(_shuffled("shuffle_weights")),
+    "shuffle_mask": Branch(_shuffled("shuffle_mask")),
+    "scratch_b": Branch(_scratch_b),
+    "transfer": Branch(_the_ticket, local=False),
+}
+BRANCHES = tuple(BRANCH_REGISTRY)
+# Branches that read only their own experiment's files (the workflow's control_branch rule);
+# 'transfer' reads another experiment's round and has a rule of its own.
+LOCAL_BRANCHES = tuple(name for name, branch in BRANCH_REGISTRY.items() if branch.local)
+UNTRAINED_BRANCHES = tuple(name for name, branch in BRANCH_REGISTRY.items() if not branch.trained)
+
+
 def scratch_b_schedule(training: TrainingSpec, density: float) -> TrainingSpec:
     """Liu et al.'s Scratch-B: the schedule stretched by the dense/sparse FLOPs ratio, taken to be
     1/density (FLOPs of the masked layers scale with their weights; per-layer costs differ, so this
     is an approximation), capped at SCRATCH_B_MAX_FACTOR. Milestones and warm-up stretch with it."""
     if not 0 < density <= 1:
-        raise ValueError(f"density {density!r} is out of range; allowed: 0 < density <= 1")
+        raise InvalidValue(f"density {density!r} is out of range; allowed: 0 < density <= 1")
     factor = min(1.0 / density, SCRATCH_B_MAX_FACTOR)
     return replace(
         training,
@@ -396,7 +457,7 @@ def shuffle_ticket_(model: torch.nn.Module, mask: masks.Mask, kind: str, generat
     shuffle_mask: mask and weights move together under one permutation of each layer's positions.
     """
     if kind not in ("shuffle_weights", "shuffle_mask"):
-        raise ValueError(f"unknown ticket shuffle {kind!r}; choose one of: shuffle_weights, shuffle_mask")
+        raise InvalidValue(f"unknown ticket shuffle {kind!r}; choose one of: shuffle_weights, shuffle_mask")
     new_mask = dict(mask)
     with torch.no_grad():
         for name, _, module in masks.prunable_layers(model):

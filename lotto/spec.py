@@ -6,28 +6,24 @@ schedule, rates that fit the model), then resolved: defaults filled in, every st
 turned into iterations, BN momentum converted to PyTorch's convention. Every error
 names the file, the key path, the bad value and what is allowed.
 
-Two stable hashes identify cached work: `dense_key` (what determines the dense
-round 0 and its rewind points: data, model, training) and `recipe_key` (that plus
-pruning and rewinding, or the Early-Bird search). Only values that differ from a
-field's default enter a hash, so adding a knob with a default keeps old results valid.
+The resolved types, their defaults and hashes live in lotto.spec_types (importable without
+YAML or torch, so the training core needs no loader); they are re-exported here, so
+`from lotto.spec import ExperimentSpec, load_experiment` keeps working everywhere.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
-import hashlib
-import json
 import math
 import re
-from dataclasses import dataclass, field
-from functools import cache, cached_property
+from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from lotto.errors import InvalidValue
 from lotto.inputs import (
     SAFE_NAME,
     SAFE_NAME_RULE,
@@ -39,269 +35,22 @@ from lotto.inputs import (
     shown_key,
     shown_path,
 )
+from lotto.spec_types import (  # noqa: F401 - re-exported: lotto.spec is the public entry
+    DATASET_FACTS,
+    SYNTHETIC_DEFAULTS,
+    DatasetSpec,
+    EarlyBirdSpec,
+    ExperimentSpec,
+    MaskTrainingSpec,
+    ModelSpec,
+    PruningSpec,
+    RewindingSpec,
+    TrainingSpec,
+)
 
-# Facts needed to resolve epochs and check labels before any data is read.
-DATASET_FACTS: dict[str, dict[str, Any]] = {
-    "mnist": {"train_size": 60000, "num_classes": 10, "shape": (1, 28, 28)},
-    "fashion_mnist": {"train_size": 60000, "num_classes": 10, "shape": (1, 28, 28)},
-    "cifar10": {"train_size": 50000, "num_classes": 10, "shape": (3, 32, 32)},
-    "cifar100": {"train_size": 50000, "num_classes": 100, "shape": (3, 32, 32)},
-    "synthetic": {"train_size": 2000, "num_classes": 10, "shape": (1, 8, 8)},
-}
-SYNTHETIC_DEFAULTS = {"n_train": 2000, "n_test": 500, "shape": [1, 8, 8], "num_classes": 10, "seed": 0}
 
-
-class SpecError(ValueError):
+class SpecError(InvalidValue):
     """An experiment file is invalid; the message says where and what is allowed."""
-
-
-def _no_hash() -> dict[str, Any]:
-    return {"hash": False}
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    name: str
-    root: str | None = field(default=None, metadata=_no_hash())
-    download: bool = field(default=False, metadata=_no_hash())
-    val_size: int = 5000
-    labels: tuple[int, ...] | None = None
-    half: int | None = None
-    augment: bool = False
-    synthetic: tuple[tuple[str, Any], ...] | None = None
-
-    @property
-    def num_classes(self) -> int:
-        if self.synthetic:
-            return int(dict(self.synthetic)["num_classes"])
-        return DATASET_FACTS[self.name]["num_classes"]
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        if self.synthetic:
-            return tuple(dict(self.synthetic)["shape"])  # type: ignore[return-value]
-        return DATASET_FACTS[self.name]["shape"]
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    name: str
-    dropout: float = 0.0
-    width: float = 1.0
-    bn_momentum: float = 0.1  # PyTorch convention after resolution
-    bn_eps: float = 1e-5
-
-
-@dataclass(frozen=True)
-class TrainingSpec:
-    optimizer: str
-    lr: float
-    batch_size: int
-    duration: int  # iterations
-    momentum: float = 0.0
-    nesterov: bool = False
-    weight_decay: float = 0.0
-    l2: float = 0.0
-    bn_l1: float = 0.0
-    milestones: tuple[int, ...] = ()
-    gamma: float = 0.1
-    warmup: int = 0
-    eval_every: int = 100
-    divergence_loss: float = 1e4
-    precision: str = "fp32"  # "bf16": autocast forward passes (lotto.train.autocast); "tf32": TF32 matmuls (matmul_precision)
-    checkpoint_every: int = field(default=0, metadata=_no_hash())
-    device: str = field(default="auto", metadata=_no_hash())
-    # how the workflow runs a pruned round's seeds (together, lotto.vmap), not what they compute
-    vectorize_seeds: bool = field(default=False, metadata=_no_hash())
-    # how a GPU runs the step (replayed from a CUDA graph, lotto.train.Stepper), not what it computes
-    cuda_graph: bool = field(default=True, metadata=_no_hash())
-
-    def lr_at(self, step: int) -> float:
-        """The learning rate at iteration `step`: linear warm-up, then multi-step decay."""
-        scale = self.gamma ** sum(step >= m for m in self.milestones)
-        if self.warmup and step < self.warmup:
-            scale *= (step + 1) / self.warmup
-        return self.lr * scale
-
-
-@dataclass(frozen=True)
-class MaskTrainingSpec:
-    """Mikler's Training Optimal Masks (thesis 3.3.1); see lotto.optimal_masks.
-
-    The dense weights after `pretrain` iterations of round 0 are frozen; one logit per prunable
-    weight is trained for `steps` iterations by straight-through gradients of Bernoulli-sampled
-    masks, with an L1/L2 `penalty` on the sampled masks (lotto.optimal_masks says why).
-    """
-
-    pretrain: int = 0  # iterations of round 0 (resolved from the fraction of training.duration)
-    steps: int = 0
-    lr: float = 1.0
-    init: float = 3.0
-    penalty: str = "l1"
-    penalty_coef: float = 1.0e-4
-    grad_clip: float = 0.1
-    logit_clip: float = 15.0
-
-
-@dataclass(frozen=True)
-class PruningSpec:
-    criterion: str = "magnitude"
-    scope: str = "layerwise"
-    rounds: int = 0
-    rate: float | None = None  # global scope
-    rates: tuple[tuple[str, float], ...] = ()  # layerwise scope: (kind, rate)
-    exclude: tuple[str, ...] = ()
-    mask_training: MaskTrainingSpec | None = None  # criterion optimal_mask only
-
-    def rate_for(self, kind: str) -> float:
-        return dict(self.rates).get(kind, 0.0)
-
-
-@dataclass(frozen=True)
-class RewindingSpec:
-    weights: str = "init"  # init | step | final | back
-    step: int = 0  # weights=step: k
-    back: float = 0.0  # weights=back: fraction of the previous round rewound
-    lr: str = "restart"  # restart | rewind | final
-    retrain: int = 0  # iterations per pruned round (resolved)
-
-    @property
-    def schedule_offset(self) -> int:
-        """The schedule step a pruned round starts at."""
-        return self.step if self.lr == "rewind" else 0
-
-
-@dataclass(frozen=True)
-class EarlyBirdSpec:
-    """Early-Bird ticket search and retraining (You et al. 2020); see lotto.earlybird.
-
-    `record_every` (iterations; one epoch unless set) is the "epoch" of the search: a channel
-    mask per ratio is recorded after each, and `draw_epochs` count these units.
-    """
-
-    ratios: tuple[float, ...] = (0.3, 0.5, 0.7)
-    epsilon: float = 0.1
-    window: int = 5
-    slimming: float = 1e-4
-    record_every: int = 0
-    stop_at_draw: bool = True
-    draw_epochs: tuple[int, ...] = ()
-    precision: str = "fp32"
-    retrain: tuple[str, ...] = ("ff", "reinit")
-    baselines: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class ExperimentSpec:
-    name: str
-    dataset: DatasetSpec
-    model: ModelSpec
-    training: TrainingSpec
-    pruning: PruningSpec = PruningSpec()
-    rewinding: RewindingSpec = RewindingSpec()
-    seeds: tuple[int, ...] = (0,)
-    branches: tuple[str, ...] = ()
-    description: str = ""
-    earlybird: EarlyBirdSpec | None = None
-    transfer_from: str | None = None  # the experiment whose tickets the 'transfer' branch trains
-
-    @cached_property
-    def data_key(self) -> str:
-        """Name of the prepared data file: the dataset, or synthetic-<hash of its options>."""
-        if self.dataset.synthetic is None:
-            return self.dataset.name
-        text = json.dumps(self.dataset.synthetic, sort_keys=True)
-        return f"synthetic-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
-
-    @cached_property
-    def dense_key(self) -> str:
-        return _hash({"dataset": self.dataset, "model": self.model, "training": self.training})
-
-    @cached_property
-    def recipe_key(self) -> str:
-        parts = {
-            "dataset": self.dataset,
-            "model": self.model,
-            "training": self.training,
-            "pruning": self.pruning,
-            "rewinding": self.rewinding,
-        }
-        if self.earlybird is not None:  # only then: the keys of IMP experiments stay as they were
-            parts["earlybird"] = self.earlybird
-        return _hash(parts)
-
-    def to_dict(self) -> dict[str, Any]:
-        plain = json.loads(json.dumps(dataclasses.asdict(self)))
-        for section, names in _ADDED_LATER.items():
-            owner = self if section is None else getattr(self, section)
-            written = plain if section is None else plain[section]
-            for name in names:
-                if getattr(owner, name) == _default(type(owner), name):
-                    del written[name]
-        return plain
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ExperimentSpec:
-        """Rebuild a spec written by `to_dict` (JSON turns tuples into lists)."""
-        return _from_plain(cls, data)
-
-
-# Fields added after results were first written, by section (None: the experiment itself). At
-# their default they are left out of spec files, so the files of older results stay
-# byte-identical; _from_plain reads a missing field as its default.
-_ADDED_LATER: dict[str | None, tuple[str, ...]] = {
-    None: ("earlybird", "transfer_from"),
-    "pruning": ("mask_training",),
-    "training": ("vectorize_seeds", "cuda_graph", "precision"),
-}
-
-
-def _default(cls: type, name: str) -> Any:
-    return next(f.default for f in dataclasses.fields(cls) if f.name == name)
-
-
-def _from_plain(cls: type, data: dict[str, Any]) -> Any:
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name not in data and f.default is not dataclasses.MISSING:
-            continue  # a field added later (_ADDED_LATER), left out at its default
-        value = data[f.name]
-        if dataclasses.is_dataclass(f.default):
-            value = _from_plain(type(f.default), value)
-        elif isinstance(value, list):
-            value = _tuplify(value)
-        kwargs[f.name] = value
-    for name, sub in (("dataset", DatasetSpec), ("model", ModelSpec), ("training", TrainingSpec),
-                      ("earlybird", EarlyBirdSpec), ("mask_training", MaskTrainingSpec)):
-        if name in kwargs and isinstance(kwargs[name], dict):
-            kwargs[name] = _from_plain(sub, kwargs[name])
-    return cls(**kwargs)
-
-
-def _tuplify(value: Any) -> Any:
-    return tuple(_tuplify(v) for v in value) if isinstance(value, list) else value
-
-
-def _hash(parts: dict[str, Any]) -> str:
-    def non_default(obj: Any) -> dict[str, Any]:
-        out = {}
-        for f in dataclasses.fields(obj):
-            value = getattr(obj, f.name)
-            if not f.metadata.get("hash", True):
-                continue
-            default = f.default if f.default is not dataclasses.MISSING else dataclasses.MISSING
-            if value != default:
-                out[f.name] = value
-        return out
-
-    plain = {k: non_default(v) for k, v in parts.items()}
-    text = json.dumps(plain, sort_keys=True, default=_plain_value)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-def _plain_value(value: Any) -> Any:
-    """JSON form of what json.dumps cannot write itself: nested sections and tuples."""
-    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else list(value)
 
 
 # --- validation -------------------------------------------------------------------------
@@ -423,6 +172,16 @@ MAX_ITERATIONS = 10**9  # any step, resolved: 100x the longest schedule of any p
 MAX_SYNTHETIC_VALUES = 2**28
 MAX_TRAININGS = 100_000  # jobs of one experiment; the largest preset has a few hundred
 
+# Defaults of input keys that resolution turns into something else (a step or a fraction into
+# iterations, a convention into PyTorch's), so that no field of lotto.spec_types holds them; every
+# other default is its field's. The schema documents the same values (tests/test_spec.py checks).
+INPUT_DEFAULTS: dict[str, Any] = {
+    "model.bn_convention": "torch",
+    "pruning.mask_training.pretrain": 0.1,
+    "pruning.mask_training.steps": "1ep",
+    "earlybird.record_every": "1ep",
+}
+
 
 def _check_names(doc: dict[str, Any], default_name: str, bad: Any) -> None:
     """Names that become paths and command-line words are safe names (lotto.inputs)."""
@@ -438,7 +197,8 @@ def _check_names(doc: dict[str, Any], default_name: str, bad: Any) -> None:
 
 
 def resolve(doc: Any, source: str = "<experiment>", default_name: str = "experiment") -> ExperimentSpec:
-    """Validate a parsed experiment document and resolve it into an ExperimentSpec."""
+    """Validate a parsed experiment document and resolve it into an ExperimentSpec: each section
+    in turn, then the rules across sections; every problem is collected before one SpecError."""
     validate_document(doc, source)
     problems: list[str] = []
 
@@ -446,8 +206,44 @@ def resolve(doc: Any, source: str = "<experiment>", default_name: str = "experim
         problems.append(f"{source}: {key}: {message}")
 
     _check_names(doc, default_name, bad)
+    dataset, train_size = _resolve_dataset(doc["dataset"], bad)
+    step = _step_parser(_iterations_per_epoch(train_size, dataset.val_size, doc["training"]["batch_size"]), bad)
+    training = _resolve_training(doc["training"], step, bad)
+    model = _resolve_model(doc["model"], dataset, bad)
+    pruning = _resolve_pruning(doc.get("pruning", {}), model, dataset, bad, training, step)
+    rewinding = _resolve_rewinding(doc.get("rewinding", {}), training, step, bad)
+    earlybird = None
+    if "earlybird" in doc:
+        earlybird = _resolve_earlybird(doc["earlybird"] or {}, training, step, bad)
+        _check_earlybird_fits(pruning, model, dataset, bad)
+    seeds = tuple(doc.get("seeds", ExperimentSpec.seeds))
+    branches = tuple(doc.get("branches", ExperimentSpec.branches))
+    transfer_from = (doc.get("transfer") or {}).get("from")
+    _check_job_count(seeds, pruning, branches, bad)
+    _check_rounds_rules(pruning, rewinding, branches, bad)
+    if training.vectorize_seeds:
+        for key, message in seed_vectorisation_problems(model, dataset, training, rewinding):
+            bad(key, message)
+    _check_transfer_branch(branches, transfer_from, bad)
+    if problems:
+        raise SpecError("\n".join(problems))
+    return ExperimentSpec(
+        name=doc.get("name", default_name),
+        description=doc.get("description", ExperimentSpec.description),
+        dataset=dataset,
+        model=model,
+        training=training,
+        pruning=pruning,
+        rewinding=rewinding,
+        seeds=seeds,
+        branches=branches,
+        earlybird=earlybird,
+        transfer_from=transfer_from,
+    )
 
-    d = doc["dataset"]
+
+def _resolve_dataset(d: dict[str, Any], bad: Any) -> tuple[DatasetSpec, int]:
+    """The dataset section, and the size of its training split (validation included)."""
     synthetic = None
     if d["name"] == "synthetic":
         merged = {**SYNTHETIC_DEFAULTS, **d.get("synthetic", {})}
@@ -461,25 +257,32 @@ def resolve(doc: Any, source: str = "<experiment>", default_name: str = "experim
         if "synthetic" in d:
             bad("dataset.synthetic", f"only allowed with dataset.name: synthetic, not {d['name']!r}")
         train_size = DATASET_FACTS[d["name"]]["train_size"]
-    val_size = d.get("val_size", 5000)
+    val_size = d.get("val_size", DatasetSpec.val_size)
     if val_size >= train_size:
         bad("dataset.val_size", f"{val_size} leaves no training data; allowed: < {train_size}")
     dataset = DatasetSpec(
         name=d["name"],
-        root=d.get("root"),
-        download=d.get("download", False),
+        root=d.get("root", DatasetSpec.root),
+        download=d.get("download", DatasetSpec.download),
         val_size=val_size,
         labels=tuple(d["labels"]) if d.get("labels") else None,
-        half=d.get("half"),
-        augment=d.get("augment") if d.get("augment") is not None else d["name"].startswith("cifar"),
+        half=d.get("half", DatasetSpec.half),
+        augment=d.get("augment") if d.get("augment") is not None else DATASET_FACTS[d["name"]]["augment"],
         synthetic=synthetic,
     )
     for label in dataset.labels or ():
         if label >= dataset.num_classes:
             bad("dataset.labels", f"{label} is not a class; allowed: 0..{dataset.num_classes - 1}")
+    return dataset, train_size
 
-    t = doc["training"]
-    per_epoch = max(1, (train_size - val_size) // t["batch_size"]) if val_size < train_size else 1
+
+def _iterations_per_epoch(train_size: int, val_size: int, batch_size: int) -> int:
+    """What '1ep' means: full batches of the training split left after validation (at least 1)."""
+    return max(1, (train_size - val_size) // batch_size) if val_size < train_size else 1
+
+
+def _step_parser(per_epoch: int, bad: Any) -> Any:
+    """parse_step for this experiment's epoch length, reporting a step longer than any study."""
 
     def step(key: str, value: Any) -> int:
         iterations = parse_step(value, per_epoch)
@@ -488,63 +291,71 @@ def resolve(doc: Any, source: str = "<experiment>", default_name: str = "experim
                 f"{MAX_ITERATIONS} iterations")
         return iterations
 
+    return step
+
+
+def _resolve_training(t: dict[str, Any], step: Any, bad: Any) -> TrainingSpec:
+    defaults = TrainingSpec
     duration = step("training.duration", t["duration"])
     if duration <= 0:
         bad("training.duration", f"{t['duration']!r} is empty; allowed: at least 1 iteration")
-    milestones = tuple(step("training.milestones", m) for m in t.get("milestones", []))
-    for raw, m in zip(t.get("milestones", []), milestones, strict=True):
+    milestones = tuple(step("training.milestones", m) for m in t.get("milestones", defaults.milestones))
+    for raw, m in zip(t.get("milestones", defaults.milestones), milestones, strict=True):
         if m > duration:
             bad("training.milestones", f"{raw!r} ({m} it) is after the end ({duration} it)")
     if list(milestones) != sorted(milestones):
         bad("training.milestones", f"{list(t['milestones'])!r} must be increasing")
-    warmup = step("training.warmup", t.get("warmup", 0))
+    warmup = step("training.warmup", t.get("warmup", defaults.warmup))
     if warmup > duration:
         bad("training.warmup", f"{t['warmup']!r} ({warmup} it) is longer than the run ({duration} it)")
-    eval_every = step("training.eval_every", t.get("eval_every", 100))
+    eval_every = step("training.eval_every", t.get("eval_every", defaults.eval_every))
     if eval_every <= 0:
         bad("training.eval_every", f"{t.get('eval_every')!r}; allowed: at least 1 iteration")
     if t.get("nesterov") and not t.get("momentum"):
         bad("training.nesterov", "true needs training.momentum > 0")
     if t["optimizer"] == "adam" and (t.get("momentum") or t.get("nesterov")):
         bad("training.momentum", "momentum/nesterov apply to optimizer: sgd only")
-    training = TrainingSpec(
+    return TrainingSpec(
         optimizer=t["optimizer"],
         lr=float(t["lr"]),
         batch_size=t["batch_size"],
         duration=duration,
-        momentum=float(t.get("momentum", 0.0)),
-        nesterov=t.get("nesterov", False),
-        weight_decay=float(t.get("weight_decay", 0.0)),
-        l2=float(t.get("l2", 0.0)),
-        bn_l1=float(t.get("bn_l1", 0.0)),
+        momentum=float(t.get("momentum", defaults.momentum)),
+        nesterov=t.get("nesterov", defaults.nesterov),
+        weight_decay=float(t.get("weight_decay", defaults.weight_decay)),
+        l2=float(t.get("l2", defaults.l2)),
+        bn_l1=float(t.get("bn_l1", defaults.bn_l1)),
         milestones=milestones,
-        gamma=float(t.get("gamma", 0.1)),
+        gamma=float(t.get("gamma", defaults.gamma)),
         warmup=warmup,
         eval_every=eval_every,
-        divergence_loss=float(t.get("divergence_loss", 1e4)),
-        precision=t.get("precision", "fp32"),
-        checkpoint_every=step("training.checkpoint_every", t.get("checkpoint_every", 0)),
-        device=t.get("device", "auto"),
-        vectorize_seeds=t.get("vectorize_seeds", False),
-        cuda_graph=t.get("cuda_graph", True),
+        divergence_loss=float(t.get("divergence_loss", defaults.divergence_loss)),
+        precision=t.get("precision", defaults.precision),
+        checkpoint_every=step("training.checkpoint_every", t.get("checkpoint_every", defaults.checkpoint_every)),
+        device=t.get("device", defaults.device),
+        vectorize_seeds=t.get("vectorize_seeds", defaults.vectorize_seeds),
+        cuda_graph=t.get("cuda_graph", defaults.cuda_graph),
     )
 
-    model = _resolve_model(doc["model"], dataset, bad)
-    pruning = _resolve_pruning(doc.get("pruning", {}), model, dataset, bad, training, step)
-    rewinding = _resolve_rewinding(doc.get("rewinding", {}), training, step, bad)
-    branches = tuple(doc.get("branches", []))
-    earlybird = None
-    if "earlybird" in doc:
-        earlybird = _resolve_earlybird(doc["earlybird"] or {}, training, step, bad)
-        if pruning.rounds:
-            bad("earlybird", "runs instead of IMP rounds; remove pruning.rounds (or the earlybird section)")
-        if model.name:
-            _check_channel_prunable(model, dataset, bad)
-    trainings = len(doc.get("seeds", [0])) * (1 + pruning.rounds * (1 + len(branches)))
+
+def _check_earlybird_fits(pruning: PruningSpec, model: ModelSpec, dataset: DatasetSpec, bad: Any) -> None:
+    if pruning.rounds:
+        bad("earlybird", "runs instead of IMP rounds; remove pruning.rounds (or the earlybird section)")
+    if model.name:
+        _check_channel_prunable(model, dataset, bad)
+
+
+def _check_job_count(seeds: tuple[int, ...], pruning: PruningSpec, branches: tuple[str, ...], bad: Any) -> None:
+    trainings = len(seeds) * (1 + pruning.rounds * (1 + len(branches)))
     if trainings > MAX_TRAININGS:
-        bad("pruning.rounds", f"{pruning.rounds} rounds x {len(doc.get('seeds', [0]))} seeds x "
+        bad("pruning.rounds", f"{pruning.rounds} rounds x {len(seeds)} seeds x "
             f"{1 + len(branches)} trainings per round are {trainings} jobs; allowed: at most {MAX_TRAININGS} "
             "(Snakemake holds every job in memory)")
+
+
+def _check_rounds_rules(pruning: PruningSpec, rewinding: RewindingSpec, branches: tuple[str, ...],
+                        bad: Any) -> None:
+    """Branches need pruned rounds; one-shot criteria need every round to start from one point."""
     if branches and pruning.rounds == 0:
         bad("branches", f"{list(branches)} need pruned rounds; set pruning.rounds >= 1")
     if pruning.criterion == "snip" and rewinding.weights != "init":
@@ -553,29 +364,13 @@ def resolve(doc: Any, source: str = "<experiment>", default_name: str = "experim
     if pruning.criterion == "optimal_mask" and rewinding.weights not in ("init", "step"):
         bad("rewinding.weights", f"{rewinding.weights!r}: optimal_mask learns its mask once (one-shot), so every "
             "round retrains from a fixed point; use weights: init or step")
-    if training.vectorize_seeds:
-        for key, message in seed_vectorisation_problems(model, dataset, training, rewinding):
-            bad(key, message)
-    transfer_from = (doc.get("transfer") or {}).get("from")
+
+
+def _check_transfer_branch(branches: tuple[str, ...], transfer_from: str | None, bad: Any) -> None:
     if "transfer" in branches and transfer_from is None:
         bad("branches", "'transfer' needs transfer.from: the experiment whose tickets it trains")
     if transfer_from is not None and "transfer" not in branches:
         bad("transfer.from", f"{transfer_from!r} is only used by the 'transfer' branch; add it to branches")
-    if problems:
-        raise SpecError("\n".join(problems))
-    return ExperimentSpec(
-        name=doc.get("name", default_name),
-        description=doc.get("description", ""),
-        dataset=dataset,
-        model=model,
-        training=training,
-        pruning=pruning,
-        rewinding=rewinding,
-        seeds=tuple(doc.get("seeds", [0])),
-        branches=branches,
-        earlybird=earlybird,
-        transfer_from=transfer_from,
-    )
 
 
 def seed_vectorisation_problems(model: ModelSpec, dataset: DatasetSpec, training: TrainingSpec,
@@ -634,7 +429,7 @@ def transfer_problems(target: ExperimentSpec, experiments: dict[str, ExperimentS
 
 
 def _resolve_earlybird(e: dict[str, Any], training: TrainingSpec, step: Any, bad: Any) -> EarlyBirdSpec:
-    record_every = step("earlybird.record_every", e.get("record_every", "1ep"))
+    record_every = step("earlybird.record_every", e.get("record_every", INPUT_DEFAULTS["earlybird.record_every"]))
     if not 1 <= record_every <= training.duration:
         bad("earlybird.record_every", f"{e.get('record_every')!r} ({record_every} it); allowed: "
             f"1..{training.duration} it (the training duration)")
@@ -643,17 +438,18 @@ def _resolve_earlybird(e: dict[str, Any], training: TrainingSpec, step: Any, bad
     for d in draw_epochs:
         if d > epochs:
             bad("earlybird.draw_epochs", f"{d} is after the last epoch ({epochs}); use 'final' for it")
+    defaults = EarlyBirdSpec
     return EarlyBirdSpec(
-        ratios=tuple(float(r) for r in e.get("ratios", (0.3, 0.5, 0.7))),
-        epsilon=float(e.get("epsilon", 0.1)),
-        window=int(e.get("window", 5)),
-        slimming=float(e.get("slimming", 1e-4)),
+        ratios=tuple(float(r) for r in e.get("ratios", defaults.ratios)),
+        epsilon=float(e.get("epsilon", defaults.epsilon)),
+        window=int(e.get("window", defaults.window)),
+        slimming=float(e.get("slimming", defaults.slimming)),
         record_every=record_every,
-        stop_at_draw=bool(e.get("stop_at_draw", True)),
+        stop_at_draw=bool(e.get("stop_at_draw", defaults.stop_at_draw)),
         draw_epochs=tuple(draw_epochs),
-        precision=e.get("precision", "fp32"),
-        retrain=tuple(e.get("retrain", ("ff", "reinit"))),
-        baselines=tuple(e.get("baselines", ())),
+        precision=e.get("precision", defaults.precision),
+        retrain=tuple(e.get("retrain", defaults.retrain)),
+        baselines=tuple(e.get("baselines", defaults.baselines)),
     )
 
 
@@ -674,15 +470,16 @@ def _resolve_model(m: dict[str, Any], dataset: DatasetSpec, bad: Any) -> ModelSp
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         bad("model.name", f"unknown model {m['name']!r}{hint}; choose one of: {', '.join(models.model_names())}")
         return ModelSpec(name=m["name"])
-    momentum = m.get("bn_momentum", 0.1 if m.get("bn_convention", "torch") == "torch" else 0.9)
-    if m.get("bn_convention") == "tf":
+    tf_convention = m.get("bn_convention", INPUT_DEFAULTS["model.bn_convention"]) == "tf"
+    momentum = m.get("bn_momentum", 1.0 - ModelSpec.bn_momentum if tf_convention else ModelSpec.bn_momentum)
+    if tf_convention:
         momentum = 1.0 - momentum
     spec = ModelSpec(
         name=m["name"],
-        dropout=float(m.get("dropout", 0.0)),
-        width=float(m.get("width", 1.0)),
+        dropout=float(m.get("dropout", ModelSpec.dropout)),
+        width=float(m.get("width", ModelSpec.width)),
         bn_momentum=round(float(momentum), 12),
-        bn_eps=float(m.get("bn_eps", 1e-5)),
+        bn_eps=float(m.get("bn_eps", ModelSpec.bn_eps)),
     )
     try:
         build_model(spec, dataset, device="meta")
@@ -711,8 +508,8 @@ def build_model(model: ModelSpec, dataset: DatasetSpec, device: Any = "cpu") -> 
 
 def _resolve_pruning(p: dict[str, Any], model: ModelSpec, dataset: DatasetSpec, bad: Any,
                      training: TrainingSpec, step: Any) -> PruningSpec:
-    scope = p.get("scope", "layerwise")
-    rounds = p.get("rounds", 0)
+    scope = p.get("scope", PruningSpec.scope)
+    rounds = p.get("rounds", PruningSpec.rounds)
     target = p.get("target_density")
     rate, rates = p.get("rate"), dict(p.get("rates", {}))
     if scope == "global" and "rates" in p:
@@ -741,14 +538,14 @@ def _resolve_pruning(p: dict[str, Any], model: ModelSpec, dataset: DatasetSpec, 
         elif rates.get("output", 0.0):
             bad("pruning.rates.output", f"{rates['output']} would remove classes (l1_filter removes whole "
                 "output units); set output: 0")
-    exclude = _resolve_exclude(p.get("exclude", []), model, dataset, bad)
+    exclude = _resolve_exclude(p.get("exclude", list(PruningSpec.exclude)), model, dataset, bad)
     if scope == "layerwise" and rounds > 0 and rates and model.name:
         try:
             _check_kinds_have_rates(model, dataset, rates, exclude)
         except ValueError as err:
             bad("pruning.rates", str(err))
     return PruningSpec(
-        criterion=p.get("criterion", "magnitude"),
+        criterion=p.get("criterion", PruningSpec.criterion),
         scope=scope,
         rounds=rounds,
         rate=None if rate is None else float(rate),
@@ -788,15 +585,15 @@ def _resolve_mask_training(p: dict[str, Any], training: TrainingSpec, step: Any,
     if p.get("criterion") != "optimal_mask":
         if m is not None:
             bad("pruning.mask_training", f"only used with criterion: optimal_mask (criterion is "
-                f"{p.get('criterion', 'magnitude')!r})")
+                f"{p.get('criterion', PruningSpec.criterion)!r})")
         return None
     m = m or {}
-    steps = step("pruning.mask_training.steps", m.get("steps", "1ep"))
+    steps = step("pruning.mask_training.steps", m.get("steps", INPUT_DEFAULTS["pruning.mask_training.steps"]))
     if steps <= 0:
         bad("pruning.mask_training.steps", f"{m.get('steps')!r} is empty; allowed: at least 1 iteration")
     defaults = MaskTrainingSpec()
     return MaskTrainingSpec(
-        pretrain=round(float(m.get("pretrain", 0.1)) * training.duration),
+        pretrain=round(float(m.get("pretrain", INPUT_DEFAULTS["pruning.mask_training.pretrain"])) * training.duration),
         steps=steps,
         lr=float(m.get("lr", defaults.lr)),
         init=float(m.get("init", defaults.init)),
@@ -820,7 +617,7 @@ def _check_kinds_have_rates(model: ModelSpec, dataset: DatasetSpec, rates: dict,
 
 
 def _resolve_rewinding(r: dict[str, Any], training: TrainingSpec, step: Any, bad: Any) -> RewindingSpec:
-    weights = r.get("weights", "init")
+    weights = r.get("weights", RewindingSpec.weights)
     k = step("rewinding.step", r["step"]) if "step" in r else 0
     if weights == "step" and "step" not in r:
         bad("rewinding.step", "missing: weights: step needs the iteration k to rewind to")
@@ -828,12 +625,12 @@ def _resolve_rewinding(r: dict[str, Any], training: TrainingSpec, step: Any, bad
         bad("rewinding.step", f"only used with weights: step (weights is {weights!r})")
     if k >= training.duration and weights == "step":
         bad("rewinding.step", f"{r['step']!r} ({k} it) is not inside the schedule (< {training.duration} it)")
-    back = float(r.get("back", 0.0))
+    back = float(r.get("back", RewindingSpec.back))
     if weights == "back" and "back" not in r:
         bad("rewinding.back", "missing: weights: back needs the fraction X in [0, 1] to rewind")
     if weights != "back" and "back" in r:
         bad("rewinding.back", f"only used with weights: back (weights is {weights!r})")
-    lr = r.get("lr", "rewind" if weights == "step" else "restart")
+    lr = r.get("lr", "rewind" if weights == "step" else RewindingSpec.lr)
     if lr == "rewind" and weights != "step":
         bad("rewinding.lr", f"'rewind' follows the weights' step, so needs weights: step (weights is {weights!r})")
     offset = k if lr == "rewind" else 0

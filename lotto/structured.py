@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from lotto.errors import InvalidValue
 from lotto.models import VGG, PreActBlock, PreActBottleneck, PreActResNet
 
 ChannelMask = dict[str, Tensor]
@@ -58,7 +59,7 @@ def channel_groups(model: nn.Module) -> list[ChannelGroup]:
         return _vgg_groups(model)
     if isinstance(model, PreActResNet):
         return _preact_groups(model)
-    raise ValueError(
+    raise InvalidValue(
         f"structured channel pruning supports VGG and pre-activation ResNets "
         f"(vgg*, preresnet*, wrn_*), not {type(model).__name__}; post-activation ResNets add "
         "BN outputs to the shortcut, so their channels cannot be removed"
@@ -93,7 +94,7 @@ def _preact_groups(model: PreActResNet) -> list[ChannelGroup]:
 def _stream_readers(prefix: str, block: nn.Module) -> tuple[str, ...]:
     """Layers reading a block's BN-ReLU'd input: conv1, and a pre-activated 1x1 shortcut."""
     if not isinstance(block, PreActBlock | PreActBottleneck):
-        raise ValueError(f"{prefix}: unknown residual block {type(block).__name__}")
+        raise InvalidValue(f"{prefix}: unknown residual block {type(block).__name__}")
     if isinstance(block, PreActBlock) and block.shortcut is not None and block.preactivated_shortcut:
         return (f"{prefix}.conv1", f"{prefix}.shortcut")
     return (f"{prefix}.conv1",)
@@ -121,17 +122,17 @@ def prune_channels(model: nn.Module, channel_mask: ChannelMask) -> nn.Module:
     expected = {g.bn for g in groups}
     if set(channel_mask) != expected:
         missing, extra = sorted(expected - set(channel_mask)), sorted(set(channel_mask) - expected)
-        raise ValueError(f"channel mask does not fit the model (missing: {missing}, unknown: {extra})")
+        raise InvalidValue(f"channel mask does not fit the model (missing: {missing}, unknown: {extra})")
     pruned = copy.deepcopy(model)
     modules = dict(pruned.named_modules())
     for group in groups:
         bn = modules[group.bn]
         keep = channel_mask[group.bn].to(bn.weight.device)
         if keep.shape != bn.weight.shape:
-            raise ValueError(f"{group.bn}: mask has {keep.numel()} channels, the layer {bn.num_features}")
+            raise InvalidValue(f"{group.bn}: mask has {keep.numel()} channels, the layer {bn.num_features}")
         index = torch.nonzero(keep, as_tuple=True)[0]
         if len(index) == 0:
-            raise ValueError(f"{group.bn}: every channel is pruned; keep at least one per layer")
+            raise InvalidValue(f"{group.bn}: every channel is pruned; keep at least one per layer")
         small = _select_bn(bn, index)
         if group.producer is None:
             _replace(pruned, group.bn, nn.Sequential(ChannelSelect(index), small))
@@ -165,7 +166,7 @@ def _select_out(conv: nn.Conv2d, index: Tensor) -> nn.Conv2d:
 def _select_in(layer: nn.Module, index: Tensor) -> nn.Module:
     if isinstance(layer, nn.Linear | nn.Conv2d):
         return _resized(layer, layer.weight[:, index], layer.bias)
-    raise ValueError(f"cannot remove input channels of {type(layer).__name__}")
+    raise InvalidValue(f"cannot remove input channels of {type(layer).__name__}")
 
 
 def _resized(layer: nn.Module, weight: Tensor, bias: Tensor | None) -> nn.Module:
@@ -175,7 +176,7 @@ def _resized(layer: nn.Module, weight: Tensor, bias: Tensor | None) -> nn.Module
                         device=weight.device, dtype=weight.dtype)
     else:
         if layer.groups != 1:
-            raise ValueError("grouped convolutions are not supported by channel pruning")
+            raise InvalidValue("grouped convolutions are not supported by channel pruning")
         new = nn.Conv2d(weight.shape[1], weight.shape[0], layer.kernel_size, stride=layer.stride,
                         padding=layer.padding, dilation=layer.dilation, bias=bias is not None,
                         padding_mode=layer.padding_mode, device=weight.device, dtype=weight.dtype)
@@ -191,13 +192,6 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, new)
-
-
-def pruned_model(model: nn.Module, channel_mask: ChannelMask, state: dict[str, Tensor]) -> nn.Module:
-    """Rebuild a saved pruned model: `model` (any weights) pruned by `channel_mask`, then `state`."""
-    pruned = prune_channels(model, channel_mask)
-    pruned.load_state_dict(state)
-    return pruned
 
 
 @torch.no_grad()

@@ -16,6 +16,7 @@ import jinja2
 import pandas as pd
 
 from lotto import io, metrics
+from lotto.errors import InvalidValue
 
 STATS = {
     "early_stop": "early_stop_step",
@@ -41,7 +42,7 @@ def template_environment() -> jinja2.Environment:
 def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
     """The numbers behind every table: one row per (experiment, branch, round), main branch first."""
     if frame.empty:
-        raise ValueError("the metrics table has no rows; nothing to tabulate")
+        raise InvalidValue("the metrics table has no rows; nothing to tabulate")
     runs = metrics.summarize(frame)
     runs["early_stop_accuracy"] *= 100
     runs["final_accuracy"] *= 100
@@ -162,20 +163,20 @@ def modification_table(frame: pd.DataFrame, round_: int | None = None, which: st
     test accuracy mean and sample std (ddof=1) over the seeds that did not diverge, in %, and the
     difference of the means to the unmodified ticket (the main branch)."""
     if which not in MODIFICATION_ACCURACY:
-        raise ValueError(f"unknown accuracy {which!r}; choose one of: {', '.join(MODIFICATION_ACCURACY)}")
+        raise InvalidValue(f"unknown accuracy {which!r}; choose one of: {', '.join(MODIFICATION_ACCURACY)}")
     if frame.empty:
-        raise ValueError("the metrics table has no rows; nothing to tabulate")
+        raise InvalidValue("the metrics table has no rows; nothing to tabulate")
     experiments = sorted(frame.experiment.unique())
     if len(experiments) != 1:
-        raise ValueError(f"a modification table is of one experiment; got {', '.join(experiments)}")
+        raise InvalidValue(f"a modification table is of one experiment; got {', '.join(experiments)}")
     runs = metrics.summarize(frame)
     pruned_rounds = sorted(int(r) for r in runs.loc[runs.branch == "main", "round"].unique() if r > 0)
     if not pruned_rounds:
-        raise ValueError(f"{experiments[0]} has no pruned main-branch round to compare against")
+        raise InvalidValue(f"{experiments[0]} has no pruned main-branch round to compare against")
     round_ = pruned_rounds[-1] if round_ is None else round_
     if round_ not in pruned_rounds:
-        raise ValueError(f"round {round_} is not a pruned round of {experiments[0]}; choose one of: "
-                         f"{', '.join(map(str, pruned_rounds))}")
+        raise InvalidValue(f"round {round_} is not a pruned round of {experiments[0]}; choose one of: "
+                           f"{', '.join(map(str, pruned_rounds))}")
     at = runs[runs["round"] == round_]
     order = [b for b in MODIFICATIONS if b in set(at.branch)] + sorted(set(at.branch) - set(MODIFICATIONS))
     rows = []

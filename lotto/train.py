@@ -31,8 +31,9 @@ from torch import nn
 
 from lotto import io
 from lotto.data import Splits, augment_batch
+from lotto.errors import CannotRun
 from lotto.masks import Mask, prunable_layers
-from lotto.spec import TrainingSpec
+from lotto.spec_types import TrainingSpec
 
 EVAL_BATCH = 2000
 
@@ -91,7 +92,7 @@ def in_training_precision(fn: Callable) -> Callable:
 
 def resolve_device(device: str) -> torch.device:
     if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("training.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+        raise CannotRun("training.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)

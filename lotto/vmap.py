@@ -27,8 +27,9 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from lotto.data import Splits
+from lotto.errors import InvalidValue
 from lotto.masks import Mask, prunable_layers
-from lotto.spec import TrainingSpec
+from lotto.spec_types import TrainingSpec
 from lotto.train import (
     EVAL_BATCH,
     BatchSchedule,
@@ -47,12 +48,12 @@ def check_vectorisable(model: nn.Module) -> None:
     """Refuse models whose seeds cannot share one vectorised forward pass."""
     for name, module in model.named_modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            raise ValueError(
+            raise InvalidValue(
                 f"layer {name!r} is BatchNorm, whose running statistics cannot be kept per seed "
                 "under vmap; train such models one seed at a time with lotto.train.train"
             )
         if isinstance(module, nn.Dropout) and module.p > 0:
-            raise ValueError(
+            raise InvalidValue(
                 f"layer {name!r} is dropout (p={module.p}), whose randomness would differ from "
                 "separate runs; train such models one seed at a time with lotto.train.train"
             )
@@ -82,7 +83,7 @@ def train_seeds(
     this function supplies only the vectorised forward pass, evaluation and batch gather.
     """
     if not len(models) == len(masks) == len(seeds) >= 1:
-        raise ValueError(
+        raise InvalidValue(
             f"need one model, mask and seed per seed; got {len(models)} models, "
             f"{len(masks)} masks, {len(seeds)} seeds"
         )

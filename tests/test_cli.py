@@ -15,6 +15,8 @@ import pytest
 from conftest import tiny_doc, tiny_spec
 
 from lotto import cli, io, masks, metrics
+from lotto.errors import CannotRun, InvalidValue
+from lotto.spec import SpecError
 
 VERBS = next(
     action.choices for action in cli.build_parser()._actions
@@ -199,3 +201,30 @@ def test_damaged_spec_json_names_the_file(synthetic_data, tmp_path, capsys, cont
                      "--round", "0", "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith(f"lotto round: error: {path}"), err
+
+
+# ---------------------------------------------------------------------------- bugs
+
+
+@pytest.mark.parametrize("bug", [KeyError("epoch"), RuntimeError("shape mismatch"), ValueError("math domain")])
+def test_a_bug_in_lotto_keeps_its_traceback(monkeypatch, tmp_path, bug):
+    """Only lotto's user-facing errors (lotto.errors.UserError) and OSError become a one-line
+    message; anything else, a plain ValueError from a library included, is a bug and propagates."""
+
+    def broken(args):
+        raise bug
+
+    monkeypatch.setattr(cli, "cmd_validate", broken)
+    with pytest.raises(type(bug)):
+        cli.main(["validate", str(tmp_path / "x.yaml")])
+
+
+@pytest.mark.parametrize("error", [InvalidValue("bad value"), CannotRun("no CUDA device"),
+                                   io.CorruptFileError("x.pt: checksum"), SpecError("x.yaml: bad key")])
+def test_user_errors_are_one_line(monkeypatch, tmp_path, capsys, error):
+    def refuse(args):
+        raise error
+
+    monkeypatch.setattr(cli, "cmd_validate", refuse)
+    assert cli.main(["validate", str(tmp_path / "x.yaml")]) == 2
+    assert capsys.readouterr().err == f"lotto validate: error: {error}\n"

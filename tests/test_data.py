@@ -67,7 +67,7 @@ def rows(x: torch.Tensor) -> set[tuple[float, ...]]:
 
 
 def test_registry_names_and_unknown_name():
-    assert data.dataset_names() == ["mnist", "fashion_mnist", "cifar10", "cifar100", "synthetic"]
+    assert list(data.DATASETS) == ["mnist", "fashion_mnist", "cifar10", "cifar100", "synthetic"]
     with pytest.raises(ValueError, match="unknown dataset 'mnsit'; choose one of: mnist, fashion"):
         locate("mnsit")
 

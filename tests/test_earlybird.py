@@ -43,6 +43,17 @@ def test_pairwise_distances_match_the_pairwise_hamming_distance():
             assert matrix[i, j].item() == pytest.approx(earlybird.mask_distance(stack[i], stack[j]))
 
 
+def first_draw(stack: torch.Tensor, window: int, epsilon: float) -> int | None:
+    """The 1-based epoch at which the masks `stack` ([E, C], epoch 1 first) draw the ticket,
+    by the search's own test (earlybird.is_drawn) on the masks recorded so far."""
+    history: list[torch.Tensor] = []
+    for epoch, mask in enumerate(stack, start=1):
+        history.append(mask)
+        if earlybird.is_drawn(history, window, epsilon):
+            return epoch
+    return None
+
+
 def test_the_ticket_is_drawn_at_the_first_epoch_whose_window_is_within_epsilon():
     # 10 channels: each row changes 2, 2, 1, 1, 0, 0, 1 channels from the previous.
     rows = ["1111100000", "0011111000", "0000111110", "1000111100", "1100111000",
@@ -50,12 +61,12 @@ def test_the_ticket_is_drawn_at_the_first_epoch_whose_window_is_within_epsilon()
     stack = masks_from_rows(rows)
     # window 3, eps 0.25: epoch 5 compares rows 3,4 with 5: distances 0.4 and 0.2 -> no;
     # epoch 6: rows 4, 5 vs 6: 0.2, 0.0 -> drawn
-    assert earlybird.first_draw(stack, window=3, epsilon=0.25) == 6
+    assert first_draw(stack, window=3, epsilon=0.25) == 6
     # a strict epsilon is met only where the last three masks are identical (epoch 7)
-    assert earlybird.first_draw(stack, window=3, epsilon=0.05) == 7
+    assert first_draw(stack, window=3, epsilon=0.05) == 7
     # the window must be full: identical masks do not draw before `window` epochs
-    assert earlybird.first_draw(masks_from_rows(["1100"] * 4), window=5, epsilon=0.1) is None
-    assert earlybird.first_draw(masks_from_rows(["1100"] * 5), window=5, epsilon=0.1) == 5
+    assert first_draw(masks_from_rows(["1100"] * 4), window=5, epsilon=0.1) is None
+    assert first_draw(masks_from_rows(["1100"] * 5), window=5, epsilon=0.1) == 5
 
 
 def test_is_drawn_compares_every_mask_in_the_window_with_the_newest():
@@ -260,7 +271,7 @@ def test_search_stops_at_the_last_draw_and_saves_each_ticket(eb_data, tmp_path):
     for label, draw in outcome.draw_epoch.items():
         stack = io.load_torch(tmp_path / "masks.pt")[label]
         assert len(stack) == outcome.epochs_trained
-        assert earlybird.first_draw(stack, 3, 0.5) == draw
+        assert first_draw(stack, 3, 0.5) == draw
         assert len(summary["distances"][label]) == outcome.epochs_trained
         ticket = io.load_torch(tmp_path / "tickets" / f"{label}_eb.pt")
         assert ticket["epoch"] == draw and ticket["drawn"]

@@ -8,10 +8,11 @@ import torch
 from conftest import tiny_spec
 from torch import nn
 
-from lotto import masks, prune
+from lotto import masks, prune, rounds
+from lotto.errors import InvalidValue
 from lotto.masks import prunable_layers
 from lotto.models import create_model
-from lotto.spec import PruningSpec
+from lotto.spec import PruningSpec, experiment_schema
 
 LTH_RATES = {"fc": 0.2, "output": 0.1}  # the tiny experiment's rates after resolution
 
@@ -254,13 +255,12 @@ def test_apply_zeroes_exactly_the_pruned_weights():
         assert torch.equal(module.weight[mask[name]], before[name][mask[name]])
 
 
-def test_density_layer_densities_and_hamming():
+def test_density_and_hamming():
     model = two_layer_net()
     mask = masks.ones(model)
     half = dict(mask)
     half["0"] = torch.arange(1000).view(20, 50) % 2 == 0
     assert masks.density(half) == pytest.approx((500 + 200) / 1200)
-    assert masks.layer_densities(half) == {"0": 0.5, "1": 1.0}
     assert masks.hamming(mask, half) == pytest.approx(500 / 1200)
     with pytest.raises(ValueError, match="different layers"):
         masks.hamming(mask, {"0": mask["0"]})
@@ -270,3 +270,31 @@ def test_check_refuses_a_mask_for_another_model():
     mask = masks.ones(two_layer_net())
     with pytest.raises(ValueError, match=r"does not fit the model \(0: mask \(20, 50\) vs model"):
         masks.check(mask, lenet(), source="m.pt")
+
+
+# ---------------------------------------------------------------------------- registries
+
+
+def test_the_schema_offers_exactly_the_registered_criteria_and_branches():
+    properties = experiment_schema()["properties"]
+    assert properties["pruning"]["properties"]["criterion"]["enum"] == list(prune.CRITERIA)
+    assert properties["branches"]["items"]["enum"] == list(rounds.BRANCHES)
+
+
+@pytest.mark.parametrize("call", [
+    lambda model, mask: prune.criterion_scores(model, mask, "magnitud"),
+    lambda model, mask: prune.prune_counts(model, mask, {}, "magnitud"),
+])
+def test_an_unknown_criterion_is_refused_with_every_choice(call):
+    model = two_layer_net()
+    with pytest.raises(InvalidValue) as info:
+        call(model, masks.ones(model))
+    assert str(info.value) == ("unknown pruning criterion 'magnitud'; choose one of: "
+                               "magnitude, random, snip, l1_filter, optimal_mask")
+
+
+@pytest.mark.parametrize("name", ["random", "snip", "optimal_mask"])
+def test_criteria_that_need_more_than_the_weights_say_what(name):
+    model = two_layer_net()
+    with pytest.raises(ValueError, match=f"{name} scores need "):
+        prune.criterion_scores(model, masks.ones(model), name)

@@ -12,10 +12,18 @@ from conftest import tiny_doc, tiny_spec
 from lotto import models
 from lotto.masks import prunable_layers
 from lotto.spec import (
+    INPUT_DEFAULTS,
+    DatasetSpec,
+    EarlyBirdSpec,
     ExperimentSpec,
+    MaskTrainingSpec,
+    ModelSpec,
+    PruningSpec,
+    RewindingSpec,
     SpecError,
     TrainingSpec,
     build_model,
+    experiment_schema,
     load_experiment,
     resolve,
 )
@@ -459,3 +467,70 @@ def test_every_registered_model_resolves_or_names_its_problem():
             assert "model" in str(err) and "8x8" in str(err), str(err)
         else:
             assert spec.model.name == name
+
+
+# ------------------------------------------------------------------------ defaults written once
+
+# The schema section each resolved type comes from ("" = the experiment itself).
+SECTION_TYPES = {
+    "": ExperimentSpec,
+    "dataset": DatasetSpec,
+    "model": ModelSpec,
+    "training": TrainingSpec,
+    "pruning": PruningSpec,
+    "pruning.mask_training": MaskTrainingSpec,
+    "rewinding": RewindingSpec,
+    "earlybird": EarlyBirdSpec,
+}
+
+
+def schema_defaults(node: dict, prefix: str = "") -> dict[str, Any]:
+    """Every `default:` the schema documents, by dotted key path."""
+    found = {}
+    for key, sub in node.get("properties", {}).items():
+        path = f"{prefix}{key}"
+        if "default" in sub:
+            found[path] = sub["default"]
+        found.update(schema_defaults(sub, f"{path}."))
+    return found
+
+
+def test_schema_defaults_are_the_dataclass_defaults():
+    """Each default is written once: a field's default in lotto.spec_types, or (for input keys that
+    resolution converts) lotto.spec.INPUT_DEFAULTS; the schema documents the same value."""
+    documented = schema_defaults(experiment_schema())
+    assert len(documented) > 40  # the walk reached every section
+    for path, default in documented.items():
+        section, _, name = path.rpartition(".")
+        if path in INPUT_DEFAULTS:
+            assert INPUT_DEFAULTS[path] == default, path
+            continue
+        field_default = dataclass_default(SECTION_TYPES[section], name)
+        expected = tuple(default) if isinstance(default, list) else default
+        assert field_default == expected and type(field_default) is type(expected) or (
+            isinstance(field_default, float) and field_default == expected), (path, default, field_default)
+    assert set(INPUT_DEFAULTS) <= set(documented)
+
+
+def dataclass_default(cls: type, name: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    assert name in fields, f"the schema documents a default for {cls.__name__}.{name}, which has no field"
+    assert fields[name].default is not dataclasses.MISSING, f"{cls.__name__}.{name} has no default"
+    return fields[name].default
+
+
+def test_omitted_keys_resolve_to_the_field_defaults():
+    """The resolver fills an omitted key from the field's default (no second copy of the value);
+    rewinding.retrain and dataset.augment are derived (from the duration, the dataset's name)."""
+    derived = {("rewinding", "retrain"), ("dataset", "augment"), ("dataset", "synthetic")}
+    doc = tiny_doc(pruning={"rates": None, "rate": 0.2, "scope": "global"})
+    spec = resolve(doc)
+    checked = 0
+    for section in ("dataset", "model", "training", "pruning", "rewinding"):
+        for f in dataclasses.fields(SECTION_TYPES[section]):
+            given = doc.get(section, {})
+            if f.name in given or f.default is dataclasses.MISSING or (section, f.name) in derived:
+                continue
+            assert getattr(getattr(spec, section), f.name) == f.default, (section, f.name)
+            checked += 1
+    assert checked > 25

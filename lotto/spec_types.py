@@ -1,0 +1,283 @@
+"""The experiment spec's frozen types, its identity and its (de)serialisation.
+
+An ExperimentSpec is what lotto.spec resolves an experiment YAML into; everything downstream
+(training, pruning, the workflow) reads only these types, so importing them needs neither YAML
+nor torch. Each default is written once, here, as the field's default (the schema's `default:`
+documents the same values; tests/test_spec.py checks they agree).
+
+Two stable hashes identify cached work: `dense_key` (what determines the dense
+round 0 and its rewind points: data, model, training) and `recipe_key` (that plus
+pruning and rewinding, or the Early-Bird search). Only values that differ from a
+field's default enter a hash, so adding a knob with a default keeps old results valid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+# The generated dataset's options (lotto.data makes it; a spec's dataset.synthetic overrides them).
+SYNTHETIC_DEFAULTS: dict[str, Any] = {"n_train": 2000, "n_test": 500, "shape": (1, 8, 8), "num_classes": 10, "seed": 0}
+# Facts needed to resolve epochs and check labels before any data is read; lotto.data reads
+# them too. augment: whether training augments by default (random flip + pad-and-crop, the
+# papers' CIFAR recipe; dataset.augment overrides it).
+DATASET_FACTS: dict[str, dict[str, Any]] = {
+    "mnist": {"train_size": 60000, "num_classes": 10, "shape": (1, 28, 28), "augment": False},
+    "fashion_mnist": {"train_size": 60000, "num_classes": 10, "shape": (1, 28, 28), "augment": False},
+    "cifar10": {"train_size": 50000, "num_classes": 10, "shape": (3, 32, 32), "augment": True},
+    "cifar100": {"train_size": 50000, "num_classes": 100, "shape": (3, 32, 32), "augment": True},
+    "synthetic": {"train_size": SYNTHETIC_DEFAULTS["n_train"], "num_classes": SYNTHETIC_DEFAULTS["num_classes"],
+                  "shape": SYNTHETIC_DEFAULTS["shape"], "augment": False},
+}
+
+def _no_hash() -> dict[str, Any]:
+    return {"hash": False}
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    root: str | None = field(default=None, metadata=_no_hash())
+    download: bool = field(default=False, metadata=_no_hash())
+    val_size: int = 5000
+    labels: tuple[int, ...] | None = None
+    half: int | None = None
+    augment: bool = False
+    synthetic: tuple[tuple[str, Any], ...] | None = None
+
+    @property
+    def num_classes(self) -> int:
+        if self.synthetic:
+            return int(dict(self.synthetic)["num_classes"])
+        return DATASET_FACTS[self.name]["num_classes"]
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        if self.synthetic:
+            return tuple(dict(self.synthetic)["shape"])  # type: ignore[return-value]
+        return DATASET_FACTS[self.name]["shape"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    dropout: float = 0.0
+    width: float = 1.0
+    bn_momentum: float = 0.1  # PyTorch convention after resolution
+    bn_eps: float = 1e-5
+
+
+@dataclass(frozen=True)
+class TrainingSpec:
+    optimizer: str
+    lr: float
+    batch_size: int
+    duration: int  # iterations
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    l2: float = 0.0
+    bn_l1: float = 0.0
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
+    warmup: int = 0
+    eval_every: int = 100
+    divergence_loss: float = 1e4
+    precision: str = "fp32"  # "bf16": autocast forward passes (lotto.train.autocast); "tf32": TF32 matmuls (matmul_precision)
+    checkpoint_every: int = field(default=0, metadata=_no_hash())
+    device: str = field(default="auto", metadata=_no_hash())
+    # how the workflow runs a pruned round's seeds (together, lotto.vmap), not what they compute
+    vectorize_seeds: bool = field(default=False, metadata=_no_hash())
+    # how a GPU runs the step (replayed from a CUDA graph, lotto.train.Stepper), not what it computes
+    cuda_graph: bool = field(default=True, metadata=_no_hash())
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate at iteration `step`: linear warm-up, then multi-step decay."""
+        scale = self.gamma ** sum(step >= m for m in self.milestones)
+        if self.warmup and step < self.warmup:
+            scale *= (step + 1) / self.warmup
+        return self.lr * scale
+
+
+@dataclass(frozen=True)
+class MaskTrainingSpec:
+    """Mikler's Training Optimal Masks (thesis 3.3.1); see lotto.optimal_masks.
+
+    The dense weights after `pretrain` iterations of round 0 are frozen; one logit per prunable
+    weight is trained for `steps` iterations by straight-through gradients of Bernoulli-sampled
+    masks, with an L1/L2 `penalty` on the sampled masks (lotto.optimal_masks says why).
+    """
+
+    pretrain: int = 0  # iterations of round 0 (resolved from the fraction of training.duration)
+    steps: int = 0
+    lr: float = 1.0
+    init: float = 3.0
+    penalty: str = "l1"
+    penalty_coef: float = 1.0e-4
+    grad_clip: float = 0.1
+    logit_clip: float = 15.0
+
+
+@dataclass(frozen=True)
+class PruningSpec:
+    criterion: str = "magnitude"
+    scope: str = "layerwise"
+    rounds: int = 0
+    rate: float | None = None  # global scope
+    rates: tuple[tuple[str, float], ...] = ()  # layerwise scope: (kind, rate)
+    exclude: tuple[str, ...] = ()
+    mask_training: MaskTrainingSpec | None = None  # criterion optimal_mask only
+
+    def rate_for(self, kind: str) -> float:
+        return dict(self.rates).get(kind, 0.0)
+
+
+@dataclass(frozen=True)
+class RewindingSpec:
+    weights: str = "init"  # init | step | final | back
+    step: int = 0  # weights=step: k
+    back: float = 0.0  # weights=back: fraction of the previous round rewound
+    lr: str = "restart"  # restart | rewind | final
+    retrain: int = 0  # iterations per pruned round (resolved)
+
+    @property
+    def schedule_offset(self) -> int:
+        """The schedule step a pruned round starts at."""
+        return self.step if self.lr == "rewind" else 0
+
+
+@dataclass(frozen=True)
+class EarlyBirdSpec:
+    """Early-Bird ticket search and retraining (You et al. 2020); see lotto.earlybird.
+
+    `record_every` (iterations; one epoch unless set) is the "epoch" of the search: a channel
+    mask per ratio is recorded after each, and `draw_epochs` count these units.
+    """
+
+    ratios: tuple[float, ...] = (0.3, 0.5, 0.7)
+    epsilon: float = 0.1
+    window: int = 5
+    slimming: float = 1e-4
+    record_every: int = 0
+    stop_at_draw: bool = True
+    draw_epochs: tuple[int, ...] = ()
+    precision: str = "fp32"
+    retrain: tuple[str, ...] = ("ff", "reinit")
+    baselines: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ExperimentSpec:
+    name: str
+    dataset: DatasetSpec
+    model: ModelSpec
+    training: TrainingSpec
+    pruning: PruningSpec = PruningSpec()
+    rewinding: RewindingSpec = RewindingSpec()
+    seeds: tuple[int, ...] = (0,)
+    branches: tuple[str, ...] = ()
+    description: str = ""
+    earlybird: EarlyBirdSpec | None = None
+    transfer_from: str | None = None  # the experiment whose tickets the 'transfer' branch trains
+
+    @cached_property
+    def data_key(self) -> str:
+        """Name of the prepared data file: the dataset, or synthetic-<hash of its options>."""
+        if self.dataset.synthetic is None:
+            return self.dataset.name
+        text = json.dumps(self.dataset.synthetic, sort_keys=True)
+        return f"synthetic-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+
+    @cached_property
+    def dense_key(self) -> str:
+        return _hash({"dataset": self.dataset, "model": self.model, "training": self.training})
+
+    @cached_property
+    def recipe_key(self) -> str:
+        parts = {
+            "dataset": self.dataset,
+            "model": self.model,
+            "training": self.training,
+            "pruning": self.pruning,
+            "rewinding": self.rewinding,
+        }
+        if self.earlybird is not None:  # only then: the keys of IMP experiments stay as they were
+            parts["earlybird"] = self.earlybird
+        return _hash(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        plain = json.loads(json.dumps(dataclasses.asdict(self)))
+        for section, names in _ADDED_LATER.items():
+            owner = self if section is None else getattr(self, section)
+            written = plain if section is None else plain[section]
+            for name in names:
+                if getattr(owner, name) == _default(type(owner), name):
+                    del written[name]
+        return plain
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ExperimentSpec:
+        """Rebuild a spec written by `to_dict` (JSON turns tuples into lists)."""
+        return _from_plain(cls, data)
+
+
+# Fields added after results were first written, by section (None: the experiment itself). At
+# their default they are left out of spec files, so the files of older results stay
+# byte-identical; _from_plain reads a missing field as its default.
+_ADDED_LATER: dict[str | None, tuple[str, ...]] = {
+    None: ("earlybird", "transfer_from"),
+    "pruning": ("mask_training",),
+    "training": ("vectorize_seeds", "cuda_graph", "precision"),
+}
+
+
+def _default(cls: type, name: str) -> Any:
+    return next(f.default for f in dataclasses.fields(cls) if f.name == name)
+
+
+def _from_plain(cls: type, data: dict[str, Any]) -> Any:
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data and f.default is not dataclasses.MISSING:
+            continue  # a field added later (_ADDED_LATER), left out at its default
+        value = data[f.name]
+        if dataclasses.is_dataclass(f.default):
+            value = _from_plain(type(f.default), value)
+        elif isinstance(value, list):
+            value = _tuplify(value)
+        kwargs[f.name] = value
+    for name, sub in (("dataset", DatasetSpec), ("model", ModelSpec), ("training", TrainingSpec),
+                      ("earlybird", EarlyBirdSpec), ("mask_training", MaskTrainingSpec)):
+        if name in kwargs and isinstance(kwargs[name], dict):
+            kwargs[name] = _from_plain(sub, kwargs[name])
+    return cls(**kwargs)
+
+
+def _tuplify(value: Any) -> Any:
+    return tuple(_tuplify(v) for v in value) if isinstance(value, list) else value
+
+
+def _hash(parts: dict[str, Any]) -> str:
+    def non_default(obj: Any) -> dict[str, Any]:
+        out = {}
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if not f.metadata.get("hash", True):
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else dataclasses.MISSING
+            if value != default:
+                out[f.name] = value
+        return out
+
+    plain = {k: non_default(v) for k, v in parts.items()}
+    text = json.dumps(plain, sort_keys=True, default=_plain_value)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _plain_value(value: Any) -> Any:
+    """JSON form of what json.dumps cannot write itself: nested sections and tuples."""
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else list(value)
