@@ -42,7 +42,7 @@ localrules:
 rule all:
     default_target: True
     input:
-        "results/report.html",
+        layout.REPORT,
         figure_targets(),
         table_targets(),
         study_targets(),
@@ -60,4 +60,4 @@ rule tables:
 
 rule report:
     input:
-        "results/report.html",
+        layout.REPORT,

@@ -1,6 +1,6 @@
 """What an Early-Bird experiment runs, from its spec alone (no torch): the tickets each search
 saves, the retrainings per pruning ratio, and how files name them. Read by the search
-(lotto.earlybird), the workflow (rules/common.smk) and `lotto status`."""
+(lotto.earlybird), the workflow (rules/earlybird_plan.smk) and `lotto status`."""
 
 from __future__ import annotations
 

@@ -158,6 +158,19 @@ def resolve_pool(environ: Mapping[str, str] = os.environ) -> tuple[str, ...]:
     return tuple(str(index) for index in range(torch.cuda.device_count()))
 
 
+def sees_cuda_device(environ: Mapping[str, str] = os.environ, dev: str = "/dev") -> bool:
+    """Whether this machine shows a CUDA device, without importing torch (seconds at every
+    workflow parse; config use_gpu: auto): an NVIDIA device file (/dev/nvidia0, ...), unless
+    $CUDA_VISIBLE_DEVICES is set and hides every device (empty, or starting with -1)."""
+    visible = environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and (not visible.strip() or visible.strip().startswith("-")):
+        return False
+    try:
+        return any(re.fullmatch(r"nvidia\d+", name) for name in os.listdir(dev))
+    except OSError:
+        return False
+
+
 def _lock_path(lock_dir: str, gpu_id: str, slot: int = 0) -> str:
     # GPU UUIDs and MIG ids may hold '/' or ':'; keep file names flat and portable.
     flat = "gpu-" + re.sub(r"[^A-Za-z0-9._-]", "_", gpu_id)

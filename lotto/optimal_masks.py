@@ -34,7 +34,6 @@ from lotto.masks import prunable_layers
 from lotto.spec_types import MaskTrainingSpec
 from lotto.train import BatchSchedule
 
-LOGITS_FILE = "mask_logits.pt"
 LOG_EVERY = 500  # iterations between progress lines
 
 

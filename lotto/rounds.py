@@ -32,8 +32,9 @@ from pathlib import Path
 import torch
 
 from lotto import data as datasets
-from lotto import io, masks, metrics, optimal_masks, prune
+from lotto import io, layout, masks, metrics, optimal_masks, prune
 from lotto.errors import InvalidValue
+from lotto.round_plan import start_point
 from lotto.spec import ExperimentSpec, TrainingSpec, build_model, seed_vectorisation_problems
 from lotto.train import TrainResult, evaluate, resolve_device, train
 from lotto.vmap import DivergedError, train_seeds
@@ -41,29 +42,6 @@ from lotto.vmap import DivergedError, train_seeds
 # Liu et al.'s Scratch-B trains for the dense model's FLOPs budget, but at most twice the epochs
 # (seed 001: "if pruning decreases the FLOPs by at least a factor of 2, the epochs are doubled").
 SCRATCH_B_MAX_FACTOR = 2.0
-
-
-@dataclass(frozen=True)
-class StartPoint:
-    """Where a pruned round's weights come from: theta_0, a replay of round 0 to `step`,
-    the previous round's final weights, or the previous round's rewind.pt."""
-
-    source: str  # init | replay | previous | previous_rewind
-    step: int = 0
-
-
-def start_point(spec: ExperimentSpec, round_: int) -> StartPoint:
-    r = spec.rewinding
-    if r.weights == "init":
-        return StartPoint("init")
-    if r.weights == "step":
-        return StartPoint("replay", r.step) if r.step else StartPoint("init")
-    if r.weights == "final":
-        return StartPoint("previous")
-    back_step = spec.training.duration - round(r.back * spec.training.duration)
-    if round_ == 1:
-        return StartPoint("replay", back_step) if back_step else StartPoint("init")
-    return StartPoint("previous_rewind")
 
 
 def derived_seed(*parts: object) -> int:
@@ -265,7 +243,7 @@ def _criterion_scores(spec: ExperimentSpec, splits: datasets.Splits, seed: int, 
     if spec.pruning.criterion == "optimal_mask":
         if scores_file is None:
             raise InvalidValue("criterion optimal_mask needs the learned logits: pass --scores "
-                               f"(the {optimal_masks.LOGITS_FILE} written by 'lotto learn-mask')")
+                               f"(the {layout.LOGITS_FILE} written by 'lotto learn-mask')")
         return optimal_masks.as_scores(_load_state(scores_file, torch.device("cpu")))
     return None
 

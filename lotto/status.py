@@ -6,7 +6,7 @@ round 0 (shared, in `results/dense/<dense_key>/seed<S>/`), the pruned rounds 1..
 `results/<experiment>/seed<S>/round<R>/`, and each control branch of each pruned round in
 `round<R>/<branch>/`. A training is done when its metrics.parquet exists, in progress when
 its folder exists without one (a running or interrupted job; resume.pt holds its progress),
-and pending otherwise.
+and pending otherwise. Every path comes from lotto.layout, as the workflow's do.
 
 An Early-Bird experiment (an `earlybird` section) has no rounds: per seed, its search in
 `results/<experiment>/eb/seed<S>/search/` and each retraining in `.../<ratio>/<ticket>-<mode>/`
@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from lotto import eb_plan, io, metrics
+from lotto import eb_plan, io, layout, metrics
 from lotto.spec import ExperimentSpec
 
 HEADER = ("seed", "round", "branch", "state", "density", "acc@stop", "acc@final", "note")
@@ -41,18 +41,19 @@ def expected_trainings(spec: ExperimentSpec, results: Path) -> list[Training]:
         return _earlybird_trainings(spec, results)
     out = []
     for seed in spec.seeds:
-        out.append(Training(seed, 0, "main", results / "dense" / spec.dense_key / f"seed{seed}"))
+        out.append(Training(seed, 0, "main", Path(layout.dense_dir(spec.dense_key, seed, results))))
         for round_ in range(1, spec.pruning.rounds + 1):
-            round_dir = results / spec.name / f"seed{seed}" / f"round{round_}"
+            round_dir = Path(layout.pruned_round_dir(spec.name, seed, round_, results))
             out.append(Training(seed, round_, "main", round_dir))
-            out.extend(Training(seed, round_, branch, round_dir / branch) for branch in spec.branches)
+            out.extend(Training(seed, round_, branch, Path(layout.branch_dir(spec.name, seed, round_, branch, results)))
+                       for branch in spec.branches)
     return out
 
 
 def _earlybird_trainings(spec: ExperimentSpec, results: Path) -> list[Training]:
     out = []
     for seed in spec.seeds:
-        seed_dir = results / spec.name / "eb" / f"seed{seed}"
+        seed_dir = Path(layout.eb_seed_dir(spec.name, seed, results))
         out.append(Training(seed, "search", "dense", seed_dir / "search"))
         for name in eb_plan.retrainings(spec):
             ratio, retraining = name.split("/")
@@ -116,7 +117,7 @@ def _render_experiment(spec_file: Path, results: Path) -> str:
         rows.append((str(training.seed), str(training.round), training.branch, *state.values()))
     header = HEADER if spec.earlybird is None else EB_HEADER
     counts = {s: sum(r[3] == s for r in rows) for s in ("done", "in progress", "pending", "corrupt")}
-    collected = (results / spec.name / "metrics.parquet").exists()
+    collected = Path(layout.experiment_file(spec.name, "metrics.parquet", results)).exists()
     title = (
         f"{spec.name}  (dense {spec.dense_key}; {spec.pruning.rounds} pruned rounds; "
         f"branches: {', '.join(spec.branches) or 'none'}; seeds: {', '.join(map(str, spec.seeds))})"

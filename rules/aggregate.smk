@@ -2,9 +2,9 @@ rule collect:
     input:
         lambda w: experiment_metrics(w.experiment),
     output:
-        "results/{experiment}/metrics.parquet",
+        layout.experiment_file("{experiment}", "metrics.parquet"),
     log:
-        "results/logs/{experiment}/collect.log",
+        layout.log_file("{experiment}/collect"),
     wildcard_constraints:
         experiment=_names(imp_experiments()),  # Early-Bird ones: rules/earlybird.smk
     conda:
@@ -15,26 +15,21 @@ rule collect:
 
 rule render_figure:
     input:
-        "results/{experiment}/metrics.parquet",
+        layout.experiment_file("{experiment}", "metrics.parquet"),
     output:
         png=report(
-            "results/figures/{experiment}/{kind}.png",
+            layout.figure_file("{experiment}", "{kind}"),
             caption="../report/figure.rst",
             category="{experiment}",
         ),
-        pdf="results/figures/{experiment}/{kind}.pdf",
+        pdf=layout.figure_file("{experiment}", "{kind}", "pdf"),
     log:
-        "results/logs/{experiment}/figure-{kind}.log",
+        layout.log_file("{experiment}/figure-{kind}"),
     conda:
         "../envs/lotto.yaml"
     params:
-        which=config.get("plots", {}).get("which", "early_stop"),
-        densities=" ".join(
-            map(
-                str,
-                config.get("plots", {}).get("curve_densities", [1.0, 0.5, 0.2, 0.1]),
-            )
-        ),
+        which=PLOT_WHICH,
+        densities=" ".join(map(str, PLOT_DENSITIES)),
     shell:
         "python -m lotto figure --metrics {input} --kind {wildcards.kind} --which {params.which} "
         "--densities {params.densities} --title {wildcards.experiment} --out {output.png} > {log} 2>&1"
@@ -42,13 +37,13 @@ rule render_figure:
 
 rule render_tables:
     input:
-        "results/{experiment}/metrics.parquet",
+        layout.experiment_file("{experiment}", "metrics.parquet"),
     output:
-        md="results/tables/{experiment}.md",
-        tex="results/tables/{experiment}.tex",
-        html="results/tables/{experiment}.html",
+        md=layout.table_file("{experiment}", "md"),
+        tex=layout.table_file("{experiment}", "tex"),
+        html=layout.table_file("{experiment}", "html"),
     log:
-        "results/logs/{experiment}/tables.log",
+        layout.log_file("{experiment}/tables"),
     conda:
         "../envs/lotto.yaml"
     params:
@@ -60,15 +55,15 @@ rule render_tables:
 
 rule html_report:
     input:
-        specs=expand("results/{experiment}/spec.json", experiment=EXPERIMENTS),
+        specs=[layout.experiment_file(e, "spec.json") for e in EXPERIMENTS],
         figures=figure_targets(),
-        tables=expand("results/tables/{experiment}.html", experiment=imp_experiments())
-        + expand("results/tables/{experiment}-eb.html", experiment=EB_EXPERIMENTS),
+        tables=[layout.table_file(e, "html") for e in imp_experiments()]
+        + [layout.table_file(f"{e}-eb", "html") for e in EB_EXPERIMENTS],
         benchmarks=report_benchmarks(),
     output:
-        "results/report.html",
+        layout.REPORT,
     log:
-        "results/logs/report.log",
+        layout.log_file("report"),
     conda:
         "../envs/lotto.yaml"
     shell:

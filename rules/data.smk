@@ -1,8 +1,8 @@
 rule prepare_data:
     output:
-        "results/data/{dataset}.pt",
+        layout.data_file("{dataset}"),
     log:
-        "results/logs/data/{dataset}.log",
+        layout.log_file("data/{dataset}"),
     conda:
         "../envs/lotto.yaml"
     params:
@@ -25,10 +25,10 @@ rule prepare_data:
 
 rule experiment_spec:
     output:
-        recipe="results/{experiment}/recipe.json",
-        full="results/{experiment}/spec.json",
+        recipe=RECIPE_FILE,
+        full=layout.experiment_file("{experiment}", "spec.json"),
     log:
-        "results/logs/{experiment}/spec.log",
+        layout.log_file("{experiment}/spec"),
     conda:
         "../envs/lotto.yaml"
     params:
@@ -41,9 +41,9 @@ rule experiment_spec:
 
 rule dense_spec:
     output:
-        "results/dense/{key}/spec.json",
+        DENSE_SPEC_FILE,
     log:
-        "results/logs/dense/{key}/spec.log",
+        layout.log_file("dense/{key}/spec"),
     conda:
         "../envs/lotto.yaml"
     params:

@@ -2,29 +2,27 @@
 #   eb_search  dense training with network slimming; channel masks each epoch; tickets drawn
 #   eb_train   one ticket (ratio x ticket x mode) with its channels removed, retrained
 #   eb_figures Fig. 1 / 3 / 5 and the Table-2-shaped table
-# Needs from common.smk: EXPERIMENTS, EB_EXPERIMENTS, eb_* helpers, data_file, gpus.
+# Needs from common.smk: EXPERIMENTS, EB_EXPERIMENTS, eb_* helpers (earlybird_plan.smk), data_file.
 rule eb_search:
     input:
-        spec="results/{experiment}/recipe.json",
+        spec=RECIPE_FILE,
         data=lambda w: data_file(EXPERIMENTS[w.experiment]),
     output:
-        eb="results/{experiment}/eb/seed{seed}/search/eb.json",
-        masks="results/{experiment}/eb/seed{seed}/search/masks.pt",
-        init="results/{experiment}/eb/seed{seed}/search/init.pt",
-        last="results/{experiment}/eb/seed{seed}/search/last.pt",
-        metrics="results/{experiment}/eb/seed{seed}/search/metrics.parquet",
-        tickets=directory("results/{experiment}/eb/seed{seed}/search/tickets"),
+        eb=f"{EB_SEED_DIR}/search/eb.json",
+        masks=f"{EB_SEED_DIR}/search/masks.pt",
+        init=f"{EB_SEED_DIR}/search/init.pt",
+        last=f"{EB_SEED_DIR}/search/last.pt",
+        metrics=f"{EB_SEED_DIR}/search/metrics.parquet",
+        tickets=directory(f"{EB_SEED_DIR}/search/tickets"),
     log:
-        "results/logs/{experiment}/eb/seed{seed}/search.log",
+        layout.log_file(EB_SEARCH_JOB),
     benchmark:
-        "results/benchmarks/{experiment}/eb/seed{seed}/search.tsv"
+        layout.benchmark_file(EB_SEARCH_JOB)
     conda:
         "../envs/lotto.yaml"
-    threads: config.get("threads", 1)
+    threads: TRAINING_THREADS
     resources:
-        mem_mb=config.get("mem_mb", 3000),
-        gpu=whole_gpus,
-        gpu_slot=gpus,
+        **TRAINING_RESOURCES,
     params:
         slot=slot_options,
         out=lambda w, output: os.path.dirname(output.eb),
@@ -36,29 +34,27 @@ rule eb_search:
 
 rule eb_train:
     input:
-        spec="results/{experiment}/recipe.json",
+        spec=RECIPE_FILE,
         data=lambda w: data_file(EXPERIMENTS[w.experiment]),
-        eb="results/{experiment}/eb/seed{seed}/search/eb.json",
-        tickets="results/{experiment}/eb/seed{seed}/search/tickets",
+        eb=f"{EB_SEED_DIR}/search/eb.json",
+        tickets=f"{EB_SEED_DIR}/search/tickets",
     output:
-        summary="results/{experiment}/eb/seed{seed}/{ratio}/{ticket}-{mode}/summary.json",
-        checkpoint="results/{experiment}/eb/seed{seed}/{ratio}/{ticket}-{mode}/checkpoint.pt",
-        metrics="results/{experiment}/eb/seed{seed}/{ratio}/{ticket}-{mode}/metrics.parquet",
+        summary=f"{EB_SEED_DIR}/{{ratio}}/{{ticket}}-{{mode}}/summary.json",
+        checkpoint=f"{EB_SEED_DIR}/{{ratio}}/{{ticket}}-{{mode}}/checkpoint.pt",
+        metrics=f"{EB_SEED_DIR}/{{ratio}}/{{ticket}}-{{mode}}/metrics.parquet",
     log:
-        "results/logs/{experiment}/eb/seed{seed}/{ratio}-{ticket}-{mode}.log",
+        layout.log_file(EB_TRAIN_JOB),
     benchmark:
-        "results/benchmarks/{experiment}/eb/seed{seed}/{ratio}-{ticket}-{mode}.tsv"
+        layout.benchmark_file(EB_TRAIN_JOB)
     wildcard_constraints:
         ratio=r"p\d+",
         ticket=r"eb|e\d+|final",
         mode="ff|reinit|lt_oneshot",
     conda:
         "../envs/lotto.yaml"
-    threads: config.get("threads", 1)
+    threads: TRAINING_THREADS
     resources:
-        mem_mb=config.get("mem_mb", 3000),
-        gpu=whole_gpus,
-        gpu_slot=gpus,
+        **TRAINING_RESOURCES,
     params:
         slot=slot_options,
         ratio=lambda w: eb_ratio(w.experiment, w.ratio),
@@ -80,24 +76,24 @@ rule eb_figures:
         summaries=lambda w: eb_summaries(w.experiment),
     output:
         accuracy=report(
-            "results/figures/{experiment}/eb_accuracy.png",
+            layout.figure_file("{experiment}", "eb_accuracy"),
             caption="../report/eb_figure.rst",
             category="{experiment}",
         ),
         distances=report(
-            "results/figures/{experiment}/eb_distances.png",
+            layout.figure_file("{experiment}", "eb_distances"),
             caption="../report/eb_figure.rst",
             category="{experiment}",
         ),
         flops=report(
-            "results/figures/{experiment}/eb_flops.png",
+            layout.figure_file("{experiment}", "eb_flops"),
             caption="../report/eb_figure.rst",
             category="{experiment}",
         ),
-        table="results/tables/{experiment}-eb.md",
-        table_html="results/tables/{experiment}-eb.html",
+        table=layout.table_file("{experiment}-eb", "md"),
+        table_html=layout.table_file("{experiment}-eb", "html"),
     log:
-        "results/logs/{experiment}/eb/figures.log",
+        layout.log_file("{experiment}/eb/figures"),
     conda:
         "../envs/lotto.yaml"
     params:

@@ -10,10 +10,10 @@ rule study_figure:
     input:
         study_metrics,
     output:
-        png="results/studies/{study}.png",
-        pdf="results/studies/{study}.pdf",
+        png=layout.study_file("{study}", "png"),
+        pdf=layout.study_file("{study}", "pdf"),
     log:
-        "results/logs/studies/{study}.log",
+        layout.log_file("studies/{study}"),
     wildcard_constraints:
         study=_names(FIGURE_STUDIES),
     conda:
@@ -30,11 +30,11 @@ rule study_table:
     input:
         study_metrics,
     output:
-        md="results/studies/{study}.md",
-        tex="results/studies/{study}.tex",
-        html="results/studies/{study}.html",
+        md=layout.study_file("{study}", "md"),
+        tex=layout.study_file("{study}", "tex"),
+        html=layout.study_file("{study}", "html"),
     log:
-        "results/logs/studies/{study}.log",
+        layout.log_file("studies/{study}"),
     wildcard_constraints:
         study=_names(TABLE_STUDIES),
     conda:
@@ -48,31 +48,29 @@ rule study_table:
 
 rule transfer_branch:
     input:
-        spec="results/{experiment}/recipe.json",
+        spec=RECIPE_FILE,
         data=lambda w: data_file(EXPERIMENTS[w.experiment]),
         mask=lambda w: f"{transfer_dirs(w)['round_dir']}/mask.pt",
         init=lambda w: f"{transfer_dirs(w)['dense']}/init.pt",
     output:
-        checkpoint="results/{experiment}/seed{seed}/round{round}/transfer/checkpoint.pt",
-        mask="results/{experiment}/seed{seed}/round{round}/transfer/mask.pt",
-        metrics="results/{experiment}/seed{seed}/round{round}/transfer/metrics.parquet",
+        checkpoint=f"{TRANSFER_DIR}/checkpoint.pt",
+        mask=f"{TRANSFER_DIR}/mask.pt",
+        metrics=f"{TRANSFER_DIR}/metrics.parquet",
     log:
-        "results/logs/{experiment}/seed{seed}/round{round}-transfer.log",
+        layout.log_file(TRANSFER_JOB),
     benchmark:
-        "results/benchmarks/{experiment}/seed{seed}/round{round}-transfer.tsv"
+        layout.benchmark_file(TRANSFER_JOB)
     wildcard_constraints:
         experiment=_names(TRANSFER_EXPERIMENTS),
     conda:
         "../envs/lotto.yaml"
-    threads: config.get("threads", 1)
+    threads: TRAINING_THREADS
     resources:
-        mem_mb=config.get("mem_mb", 3000),
-        gpu=whole_gpus,
-        gpu_slot=gpus,
+        **TRAINING_RESOURCES,
     params:
         slot=slot_options,
         dirs=transfer_dirs,
-        out="results/{experiment}/seed{seed}/round{round}/transfer",
+        out=TRANSFER_DIR,
     shell:
         "python -m lotto.gpu_slot {params.slot} --energy {log}.energy.json -- "
         "python -m lotto branch --spec {input.spec} --data {input.data} --seed {wildcards.seed} "

@@ -35,15 +35,15 @@ def _load_studies(entries):
     return studies
 
 
-STUDIES = _load_studies(config.get("studies", []))
+STUDIES = _load_studies(STUDY_ENTRIES)
 FIGURE_STUDIES = [n for n, s in STUDIES.items() if s["kind"] not in STUDY_TABLE_KINDS]
 TABLE_STUDIES = [n for n, s in STUDIES.items() if s["kind"] in STUDY_TABLE_KINDS]
 TRANSFER_EXPERIMENTS = [n for n, s in EXPERIMENTS.items() if s.transfer_from]
 
 
 def study_targets():
-    return [f"results/studies/{n}.png" for n in FIGURE_STUDIES] + [
-        f"results/studies/{n}.{ext}"
+    return [layout.study_file(n, "png") for n in FIGURE_STUDIES] + [
+        layout.study_file(n, ext)
         for n in TABLE_STUDIES
         for ext in ("md", "tex", "html")
     ]
@@ -51,7 +51,8 @@ def study_targets():
 
 def study_metrics(wildcards):
     return [
-        f"results/{e}/metrics.parquet" for e in STUDIES[wildcards.study]["experiments"]
+        layout.experiment_file(e, "metrics.parquet")
+        for e in STUDIES[wildcards.study]["experiments"]
     ]
 
 
@@ -85,7 +86,7 @@ def _check_outputs_inside_results():
             *figure_targets(),
             *table_targets(),
             *study_targets(),
-            *(f"results/{e}/metrics.parquet" for e in EXPERIMENTS),
+            *(layout.experiment_file(e, "metrics.parquet") for e in EXPERIMENTS),
         ]
     )
     if escaping:

@@ -4,24 +4,22 @@
 
 rule dense_round:
     input:
-        spec="results/dense/{key}/spec.json",
+        spec=DENSE_SPEC_FILE,
         data=lambda w: data_file(DENSE[w.key]),
     output:
-        init="results/dense/{key}/seed{seed}/init.pt",
-        checkpoint="results/dense/{key}/seed{seed}/checkpoint.pt",
-        mask="results/dense/{key}/seed{seed}/mask.pt",
-        metrics="results/dense/{key}/seed{seed}/metrics.parquet",
+        init=f"{DENSE_SEED_DIR}/init.pt",
+        checkpoint=f"{DENSE_SEED_DIR}/checkpoint.pt",
+        mask=f"{DENSE_SEED_DIR}/mask.pt",
+        metrics=f"{DENSE_SEED_DIR}/metrics.parquet",
     log:
-        "results/logs/dense/{key}/seed{seed}.log",
+        layout.log_file(DENSE_JOB),
     benchmark:
-        "results/benchmarks/dense/{key}/seed{seed}.tsv"
+        layout.benchmark_file(DENSE_JOB)
     conda:
         "../envs/lotto.yaml"
-    threads: config.get("threads", 1)
+    threads: TRAINING_THREADS
     resources:
-        mem_mb=config.get("mem_mb", 3000),
-        gpu=whole_gpus,
-        gpu_slot=gpus,
+        **TRAINING_RESOURCES,
     params:
         slot=slot_options,
         out=lambda w, output: os.path.dirname(output.checkpoint),
@@ -33,20 +31,18 @@ rule dense_round:
 
 rule replay:
     input:
-        spec="results/dense/{key}/spec.json",
+        spec=DENSE_SPEC_FILE,
         data=lambda w: data_file(DENSE[w.key]),
-        init="results/dense/{key}/seed{seed}/init.pt",
+        init=f"{DENSE_SEED_DIR}/init.pt",
     output:
-        "results/dense/{key}/seed{seed}/replay/step{step}.pt",
+        layout.replay_file(DENSE_SEED_DIR, "{step}"),
     log:
-        "results/logs/dense/{key}/seed{seed}-replay{step}.log",
+        layout.log_file(layout.replay_job("{key}", "{seed}", "{step}")),
     conda:
         "../envs/lotto.yaml"
-    threads: config.get("threads", 1)
+    threads: TRAINING_THREADS
     resources:
-        mem_mb=config.get("mem_mb", 3000),
-        gpu=whole_gpus,
-        gpu_slot=gpus,
+        **TRAINING_RESOURCES,
     params:
         slot=slot_options,
         dense=lambda w, input: os.path.dirname(input.init),
@@ -58,22 +54,20 @@ rule replay:
 
 rule learn_mask:
     input:
-        spec="results/{experiment}/recipe.json",
+        spec=RECIPE_FILE,
         data=lambda w: data_file(EXPERIMENTS[w.experiment]),
         weights=pretrained_weights,
     output:
-        f"results/{{experiment}}/seed{{seed}}/{LOGITS_FILE}",
+        layout.logits_file("{experiment}", "{seed}"),
     log:
-        "results/logs/{experiment}/seed{seed}/learn_mask.log",
+        layout.log_file(layout.learn_mask_job("{experiment}", "{seed}")),
     benchmark:
-        "results/benchmarks/{experiment}/seed{seed}/learn_mask.tsv"
+        layout.benchmark_file(layout.learn_mask_job("{experiment}", "{seed}"))
     conda:
         "../envs/lotto.yaml"
-    threads: config.get("threads", 1)
+    threads: TRAINING_THREADS
     resources:
-        mem_mb=config.get("mem_mb", 3000),
-        gpu=whole_gpus,
-        gpu_slot=gpus,
+        **TRAINING_RESOURCES,
     params:
         slot=slot_options,
     shell:
@@ -86,23 +80,21 @@ rule prune_round:
     input:
         unpack(round_inputs),
     output:
-        checkpoint="results/{experiment}/seed{seed}/round{round}/checkpoint.pt",
-        mask="results/{experiment}/seed{seed}/round{round}/mask.pt",
-        metrics="results/{experiment}/seed{seed}/round{round}/metrics.parquet",
-        rewind="results/{experiment}/seed{seed}/round{round}/rewind.pt",
+        checkpoint=f"{ROUND_DIR}/checkpoint.pt",
+        mask=f"{ROUND_DIR}/mask.pt",
+        metrics=f"{ROUND_DIR}/metrics.parquet",
+        rewind=f"{ROUND_DIR}/rewind.pt",
     log:
-        "results/logs/{experiment}/seed{seed}/round{round}.log",
+        layout.log_file(ROUND_JOB),
     benchmark:
-        "results/benchmarks/{experiment}/seed{seed}/round{round}.tsv"
+        layout.benchmark_file(ROUND_JOB)
     wildcard_constraints:
         experiment=_names(ONE_SEED_PER_JOB),
     conda:
         "../envs/lotto.yaml"
-    threads: config.get("threads", 1)
+    threads: TRAINING_THREADS
     resources:
-        mem_mb=config.get("mem_mb", 3000),
-        gpu=whole_gpus,
-        gpu_slot=gpus,
+        **TRAINING_RESOURCES,
     params:
         slot=slot_options,
         paths=round_params,
@@ -125,34 +117,32 @@ for _experiment, _rule_name in SEEDS_TOGETHER.items():
             unpack(seeds_round_inputs),
         output:
             checkpoint=expand(
-                "results/{{experiment}}/seed{seed}/round{{round}}/checkpoint.pt",
+                f"{SEEDS_ROUND_DIR}/checkpoint.pt",
                 seed=EXPERIMENTS[_experiment].seeds,
             ),
             mask=expand(
-                "results/{{experiment}}/seed{seed}/round{{round}}/mask.pt",
+                f"{SEEDS_ROUND_DIR}/mask.pt",
                 seed=EXPERIMENTS[_experiment].seeds,
             ),
             metrics=expand(
-                "results/{{experiment}}/seed{seed}/round{{round}}/metrics.parquet",
+                f"{SEEDS_ROUND_DIR}/metrics.parquet",
                 seed=EXPERIMENTS[_experiment].seeds,
             ),
             rewind=expand(
-                "results/{{experiment}}/seed{seed}/round{{round}}/rewind.pt",
+                f"{SEEDS_ROUND_DIR}/rewind.pt",
                 seed=EXPERIMENTS[_experiment].seeds,
             ),
         log:
-            "results/logs/{experiment}/round{round}-seeds.log",
+            layout.log_file(layout.seeds_round_job("{experiment}", "{round}")),
         benchmark:
-            "results/benchmarks/{experiment}/round{round}-seeds.tsv"
+            layout.benchmark_file(layout.seeds_round_job("{experiment}", "{round}"))
         wildcard_constraints:
             experiment=_names([_experiment]),
         conda:
             "../envs/lotto.yaml"
-        threads: config.get("threads", 1)
+        threads: TRAINING_THREADS
         resources:
-            mem_mb=config.get("mem_mb", 3000),
-            gpu=whole_gpus,
-            gpu_slot=gpus,
+            **TRAINING_RESOURCES,
         params:
             slot=slot_options,
             paths=seeds_round_params,
@@ -165,26 +155,24 @@ for _experiment, _rule_name in SEEDS_TOGETHER.items():
 
 rule control_branch:
     input:
-        spec="results/{experiment}/recipe.json",
+        spec=RECIPE_FILE,
         data=lambda w: data_file(EXPERIMENTS[w.experiment]),
-        mask="results/{experiment}/seed{seed}/round{round}/mask.pt",
+        mask=f"{ROUND_DIR}/mask.pt",
         init=lambda w: f"{dense_dir(EXPERIMENTS[w.experiment], w.seed)}/init.pt",
         dense=lambda w: f"{dense_dir(EXPERIMENTS[w.experiment], w.seed)}/checkpoint.pt",
     output:
-        checkpoint="results/{experiment}/seed{seed}/round{round}/{branch}/checkpoint.pt",
-        mask="results/{experiment}/seed{seed}/round{round}/{branch}/mask.pt",
-        metrics="results/{experiment}/seed{seed}/round{round}/{branch}/metrics.parquet",
+        checkpoint=f"{BRANCH_DIR}/checkpoint.pt",
+        mask=f"{BRANCH_DIR}/mask.pt",
+        metrics=f"{BRANCH_DIR}/metrics.parquet",
     log:
-        "results/logs/{experiment}/seed{seed}/round{round}-{branch}.log",
+        layout.log_file(BRANCH_JOB),
     benchmark:
-        "results/benchmarks/{experiment}/seed{seed}/round{round}-{branch}.tsv"
+        layout.benchmark_file(BRANCH_JOB)
     conda:
         "../envs/lotto.yaml"
-    threads: config.get("threads", 1)
+    threads: TRAINING_THREADS
     resources:
-        mem_mb=config.get("mem_mb", 3000),
-        gpu=whole_gpus,
-        gpu_slot=gpus,
+        **TRAINING_RESOURCES,
     params:
         slot=slot_options,
         dense=lambda w, input: os.path.dirname(input.init),

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from lotto.gpu_slot import acquire, parse_gpu_list, resolve_pool
+from lotto.gpu_slot import acquire, parse_gpu_list, resolve_pool, sees_cuda_device
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WRAPPER = [sys.executable, "-m", "lotto.gpu_slot"]
@@ -459,3 +459,16 @@ def test_acquire_refuses_impossible_requests(tmp_path):
     with pytest.raises(ValueError, match="must be >= 0, got -1"):
         with acquire(-1, ("0",), str(tmp_path)):
             pass
+
+
+def test_sees_cuda_device_from_device_files_and_visible_devices(tmp_path):
+    """use_gpu: auto without torch: an NVIDIA device file, unless CUDA_VISIBLE_DEVICES hides all."""
+    assert not sees_cuda_device({}, str(tmp_path))
+    (tmp_path / "nvidiactl").touch()  # the driver's control file alone is no device
+    assert not sees_cuda_device({}, str(tmp_path))
+    (tmp_path / "nvidia0").touch()
+    assert sees_cuda_device({}, str(tmp_path))
+    assert sees_cuda_device({"CUDA_VISIBLE_DEVICES": "0"}, str(tmp_path))
+    assert not sees_cuda_device({"CUDA_VISIBLE_DEVICES": ""}, str(tmp_path))
+    assert not sees_cuda_device({"CUDA_VISIBLE_DEVICES": "-1"}, str(tmp_path))
+    assert not sees_cuda_device({}, str(tmp_path / "missing"))

@@ -8,7 +8,7 @@ import torch
 from conftest import tiny_spec
 from torch import nn
 
-from lotto import masks, prune, rounds
+from lotto import masks, prune, round_plan, rounds
 from lotto.errors import InvalidValue
 from lotto.masks import prunable_layers
 from lotto.models import create_model
@@ -279,6 +279,13 @@ def test_the_schema_offers_exactly_the_registered_criteria_and_branches():
     properties = experiment_schema()["properties"]
     assert properties["pruning"]["properties"]["criterion"]["enum"] == list(prune.CRITERIA)
     assert properties["branches"]["items"]["enum"] == list(rounds.BRANCHES)
+
+
+def test_the_workflow_plans_the_registered_branches():
+    """The workflow reads the branch names from the torch-free round_plan, the jobs from the
+    registry: both must say the same."""
+    assert round_plan.BRANCHES == rounds.BRANCHES
+    assert round_plan.LOCAL_BRANCHES == rounds.LOCAL_BRANCHES
 
 
 @pytest.mark.parametrize("call", [

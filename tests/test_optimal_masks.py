@@ -11,7 +11,7 @@ import torch
 from conftest import VAL_SIZE, tiny_spec
 from workflow_util import Workdir, job_stats
 
-from lotto import masks, optimal_masks, prune, rounds
+from lotto import layout, masks, optimal_masks, prune, rounds
 from lotto.spec import MaskTrainingSpec, PruningSpec, SpecError, build_model
 
 OPTIMAL = {"criterion": "optimal_mask", "mask_training": {"steps": 30, "lr": 5.0}}
@@ -118,7 +118,7 @@ def test_rounds_keep_the_highest_logits_with_imps_counts(synthetic_data, tmp_pat
     rounds.run_round(spec, synthetic_data, 0, 0, dense)
     pretrained = tmp_path / "pretrained.pt"
     rounds.run_replay(spec, synthetic_data, 0, spec.pruning.mask_training.pretrain, dense, pretrained)
-    logits_file = tmp_path / optimal_masks.LOGITS_FILE
+    logits_file = tmp_path / layout.LOGITS_FILE
     rounds.run_learn_mask(spec, synthetic_data, 0, pretrained, logits_file)
     prev = dense
     for r in (1, 2):

@@ -26,7 +26,7 @@ import yaml
 from workflow_util import REPO, SNAKEFILE, Job, job_env, parse_jobs
 
 from lotto import eb_plan
-from lotto.rounds import LOCAL_BRANCHES, start_point
+from lotto.round_plan import LOCAL_BRANCHES, start_point
 from lotto.spec import ExperimentSpec, load_experiment
 
 pytestmark = pytest.mark.workflow

@@ -20,7 +20,18 @@ import torch
 import yaml
 from conftest import VAL_SIZE, tiny_spec
 
-from lotto import cli, figures, io, masks, metrics, optimal_masks, prune, rounds, tables
+from lotto import (
+    cli,
+    figures,
+    io,
+    layout,
+    masks,
+    metrics,
+    prune,
+    round_plan,
+    rounds,
+    tables,
+)
 from lotto.spec import (
     ExperimentSpec,
     PruningSpec,
@@ -145,7 +156,7 @@ def run_all(specs: list[ExperimentSpec], data: Path, root: Path) -> dict[str, Pa
             prev = dense
             for r in range(1, spec.pruning.rounds + 1):
                 out = root / spec.name / f"seed{seed}" / f"round{r}"
-                point = rounds.start_point(spec, r)
+                point = round_plan.start_point(spec, r)
                 rewind = None
                 if point.source == "replay":
                     rewind = replayed(spec, data, seed, point.step, dense)
@@ -204,7 +215,7 @@ def learned_logits(spec: ExperimentSpec, data: Path, seed: int, dense: Path, roo
     weights = dense / "init.pt"
     if settings.pretrain:
         weights = replayed(spec, data, seed, settings.pretrain, dense)
-    out = root / spec.name / f"seed{seed}" / optimal_masks.LOGITS_FILE
+    out = root / spec.name / f"seed{seed}" / layout.LOGITS_FILE
     rounds.run_learn_mask(spec, data, seed, weights, out)
     return out
 

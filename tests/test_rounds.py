@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import tiny_spec
 
-from lotto import io, masks, metrics, prune, rounds
+from lotto import io, masks, metrics, prune, round_plan, rounds
 from lotto.spec import ExperimentSpec, build_model
 from lotto.train import train as real_train
 
@@ -219,14 +219,14 @@ def test_replay_reproduces_round_0_bit_for_bit(gimp_dense, replays, step):
 
 
 def test_start_points_of_each_recipe():
-    assert rounds.start_point(recipe("weight rewinding"), 3) == rounds.StartPoint("init")
+    assert round_plan.start_point(recipe("weight rewinding"), 3) == round_plan.StartPoint("init")
     stable = recipe("stable weight rewinding")
-    assert rounds.start_point(stable, 3) == rounds.StartPoint("replay", K)
-    assert rounds.start_point(recipe("fine-tuning"), 3) == rounds.StartPoint("previous")
-    assert rounds.start_point(recipe("sGIMP"), 1) == rounds.StartPoint("replay", BACK_STEP)
-    assert rounds.start_point(recipe("sGIMP"), 2) == rounds.StartPoint("previous_rewind")
+    assert round_plan.start_point(stable, 3) == round_plan.StartPoint("replay", K)
+    assert round_plan.start_point(recipe("fine-tuning"), 3) == round_plan.StartPoint("previous")
+    assert round_plan.start_point(recipe("sGIMP"), 1) == round_plan.StartPoint("replay", BACK_STEP)
+    assert round_plan.start_point(recipe("sGIMP"), 2) == round_plan.StartPoint("previous_rewind")
     back_all = tiny_spec(training=GIMP_TRAINING, rewinding={"weights": "back", "back": 1.0})
-    assert rounds.start_point(back_all, 1) == rounds.StartPoint("init")
+    assert round_plan.start_point(back_all, 1) == round_plan.StartPoint("init")
 
 
 def lrs(record) -> dict[int, float]:
@@ -434,7 +434,7 @@ CORE_BRANCHES = ("reinit", "random_mask", "oneshot")  # Frankle & Carbin's contr
 
 
 def test_core_branches_are_registered():
-    assert set(CORE_BRANCHES) <= set(rounds.BRANCHES)
+    assert set(CORE_BRANCHES) <= set(round_plan.BRANCHES)
 
 
 @pytest.mark.parametrize("kind", CORE_BRANCHES)

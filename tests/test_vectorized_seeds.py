@@ -13,7 +13,7 @@ import torch
 from conftest import tiny_spec
 from workflow_util import TINY_EXPERIMENT, Workdir, experiment, job_stats, parse_jobs
 
-from lotto import cli, io, masks, metrics, rounds
+from lotto import cli, io, masks, metrics, round_plan, rounds
 from lotto.spec import ExperimentSpec, SpecError, build_model
 
 SEEDS = [0, 1, 2]
@@ -107,7 +107,7 @@ def dense(synthetic_data, tmp_path_factory) -> dict[int, Path]:
 def inputs_of(spec: ExperimentSpec, data: Path, dense: dict[int, Path], prev: dict[int, Path],
               round_: int, root: Path) -> dict[str, list]:
     """Per-seed inputs of a pruned round, as the workflow gives them (replays, logits made here)."""
-    point = rounds.start_point(spec, round_)
+    point = round_plan.start_point(spec, round_)
     rewind, scores = [], []
     for seed in SEEDS:
         if point.source == "replay":

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -30,6 +31,7 @@ from workflow_util import (
     TINY_EXPERIMENT,
     Workdir,
     experiment,
+    job_env,
     job_stats,
     kill_reference_run,
     mtimes,
@@ -265,6 +267,44 @@ def test_changing_one_learning_rate_reruns_only_that_experiment(two_experiments)
 
 
 # --- 5. lint -----------------------------------------------------------------------------------
+
+
+# A sitecustomize that writes where torch is first imported (the stack, one frame a line).
+FIRST_TORCH_IMPORT = """
+import os, sys, traceback
+
+class _FirstTorchImport:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch":
+            sys.meta_path.remove(self)
+            with open(os.environ["LOTTO_TORCH_IMPORT_LOG"], "w") as out:
+                out.write("\\n".join(f"{f.filename}:{f.name}" for f in traceback.extract_stack()))
+        return None
+
+sys.meta_path.insert(0, _FirstTorchImport())
+"""
+
+
+def test_planning_the_quickstart_imports_torch_only_to_check_models(tmp_path):
+    """`snakemake -n` of the quickstart (use_gpu: auto) imports torch only for spec
+    validation's model checks (lotto.spec imports the model registry, lotto.models, and builds
+    the model on the meta device): not through the rules, lotto.layout, lotto.round_plan or
+    the GPU check of use_gpu: auto. One dry run, ~5 s."""
+    watch, log = tmp_path / "watch", tmp_path / "torch-import.txt"
+    watch.mkdir()
+    (watch / "sitecustomize.py").write_text(FIRST_TORCH_IMPORT)
+    work = Workdir(tmp_path / "work")
+    work.write_config(["quickstart"], use_gpu="auto")
+    env = {**job_env(), "LOTTO_TORCH_IMPORT_LOG": str(log)}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(watch), env.get("PYTHONPATH")) if p)
+    proc = subprocess.run(work.command("-n"), cwd=work.path, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "rule dense_round" in proc.stdout + proc.stderr
+    if log.exists():  # no import at all would pass too
+        frames = log.read_text().splitlines()
+        ours = [f for f in frames if ("/lotto/" in f and "/lotto/models.py:" not in f)
+                or ".smk:" in f or "Snakefile:" in f]
+        assert "/lotto/spec.py:" in ours[-1], "\n".join(frames)
 
 
 def test_lint_reports_nothing(tmp_path):

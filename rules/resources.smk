@@ -1,0 +1,51 @@
+# What a training job asks of the machine: threads, memory and GPUs, defined once for every
+# training rule (rules/train.smk, rules/earlybird.smk, rules/presets.smk), and the options
+# of lotto.gpu_slot, which runs each of them.
+
+
+def use_gpu(spec):
+    """config use_gpu: auto asks lotto.gpu_slot.sees_cuda_device (device files, no torch)."""
+    if spec.training.device != "auto":
+        return spec.training.device == "cuda"
+    if USE_GPU == "auto":
+        return sees_cuda_device()
+    return USE_GPU == "true"
+
+
+def _job_spec(wildcards):
+    if "experiment" in wildcards.keys():
+        return EXPERIMENTS[wildcards.experiment]
+    return DENSE[wildcards.key]
+
+
+def gpus(wildcards):
+    """resources.gpu_slot: a GPU job takes one slot of one GPU."""
+    return int(use_gpu(_job_spec(wildcards)))
+
+
+def whole_gpus(wildcards):
+    """resources.gpu: GPUs a job holds alone. With gpu_slots k > 1 a job holds a slot instead
+    (resources.gpu_slot), so `--resources gpu=4` still counts GPUs and
+    `--resources gpu_slot=4k` bounds the jobs sharing them."""
+    return gpus(wildcards) if GPU_SLOTS == 1 else 0
+
+
+TRAINING_RESOURCES = {"mem_mb": TRAINING_MEM_MB, "gpu": whole_gpus, "gpu_slot": gpus}
+
+
+_MEMORY_MB = {}
+
+
+def slot_options(wildcards):
+    """lotto.gpu_slot's options: GPUs, slots per GPU and, when GPUs are shared, the job's
+    estimated GPU memory (lotto.gpu_memory; imports torch once, only then)."""
+    n = gpus(wildcards)
+    options = f"-n {n} -k {GPU_SLOTS}"
+    if n and GPU_SLOTS > 1:
+        spec = _job_spec(wildcards)
+        if spec.dense_key not in _MEMORY_MB:
+            from lotto.gpu_memory import estimate_mb
+
+            _MEMORY_MB[spec.dense_key] = estimate_mb(spec)
+        options += f" --mem-mb {_MEMORY_MB[spec.dense_key]}"
+    return options
