@@ -234,6 +234,16 @@ def cmd_layers(args: argparse.Namespace) -> None:
         print("  ".join([*cells, weights.rjust(widths[-1])]))
 
 
+def cmd_model_facts(args: argparse.Namespace) -> None:
+    from lotto import io, model_facts
+    from lotto.spec import load_experiment
+
+    specs = [load_experiment(path) for path in args.experiments]
+    io.write_text(model_facts.TABLE, model_facts.table_text(
+        model_facts.model_options(spec.model, spec.dataset) for spec in specs))
+    print(f"wrote {model_facts.TABLE}")
+
+
 def cmd_status(args: argparse.Namespace) -> None:
     from lotto import status
 
@@ -416,6 +426,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="a registered model (lotto.models.model_names())")
     p.add_argument("--dataset", help="input shape and classes (default: mnist for lenet*/mlp*, else cifar10)")
     p.add_argument("--width", type=float, default=1.0, help="model.width, the channel multiplier")
+
+    p = verb("model-facts", cmd_model_facts, "rewrite lotto/model_facts.json, the model facts spec validation "
+             "reads without torch, for the models of these experiments (tests/test_model_facts.py checks it)")
+    p.add_argument("experiments", nargs="+", help="experiment YAML files (the presets: config/experiments/*.yaml)")
 
     p = verb("status", cmd_status, "which rounds and branches are done, running or pending")
     p.add_argument("--results", default="results")

@@ -35,6 +35,7 @@ from lotto.inputs import (
     shown_key,
     shown_path,
 )
+from lotto.model_facts import ModelFacts, facts, model_options, tabulated_model_names
 from lotto.spec_types import (  # noqa: F401 - re-exported: lotto.spec is the public entry
     DATASET_FACTS,
     SYNTHETIC_DEFAULTS,
@@ -378,20 +379,12 @@ def seed_vectorisation_problems(model: ModelSpec, dataset: DatasetSpec, training
     """Why the seeds of a pruned round cannot train together (lotto.vmap.train_seeds), as
     (key, message) pairs; empty when they can. Checked for training.vectorize_seeds: true and
     by lotto.rounds.run_round_seeds."""
-    from lotto.vmap import check_vectorisable
-
     off = "or set training.vectorize_seeds: false"
     problems = []
-    try:
-        net = build_model(model, dataset, "meta")
-    except ValueError:
-        net = None  # a model that cannot be built is reported on its own
-    if net is not None:
-        try:
-            check_vectorisable(net)
-        except ValueError as err:
-            problems.append(("model", f"{model.name!r} cannot train its seeds together ({err}); "
-                             f"allowed: a model without BatchNorm or dropout, {off}"))
+    known = _model_facts(model, dataset)  # a model that cannot be built is reported on its own
+    if known.build_error is None and (err := known.not_vectorisable):
+        problems.append(("model", f"{model.name!r} cannot train its seeds together ({err}); "
+                         f"allowed: a model without BatchNorm or dropout, {off}"))
     if training.checkpoint_every:
         problems.append(("training.checkpoint_every", f"{training.checkpoint_every} it: in-round resume "
                          f"is per seed, not for seeds trained together; allowed: 0, {off}"))
@@ -454,21 +447,17 @@ def _resolve_earlybird(e: dict[str, Any], training: TrainingSpec, step: Any, bad
 
 
 def _check_channel_prunable(model: ModelSpec, dataset: DatasetSpec, bad: Any) -> None:
-    from lotto.structured import channel_groups
-
-    try:
-        channel_groups(build_model(model, dataset, "meta"))
-    except ValueError as err:
+    known = _model_facts(model, dataset)
+    if err := known.build_error or known.not_channel_prunable:
         bad("model.name", f"{model.name!r} cannot run earlybird: {err}")
 
 
 def _resolve_model(m: dict[str, Any], dataset: DatasetSpec, bad: Any) -> ModelSpec:
-    from lotto import models
-
-    if m["name"] not in models.model_names():
-        close = difflib.get_close_matches(m["name"], models.model_names(), n=1)
+    names = _model_names(m["name"])
+    if m["name"] not in names:
+        close = difflib.get_close_matches(m["name"], names, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
-        bad("model.name", f"unknown model {m['name']!r}{hint}; choose one of: {', '.join(models.model_names())}")
+        bad("model.name", f"unknown model {m['name']!r}{hint}; choose one of: {', '.join(names)}")
         return ModelSpec(name=m["name"])
     tf_convention = m.get("bn_convention", INPUT_DEFAULTS["model.bn_convention"]) == "tf"
     momentum = m.get("bn_momentum", 1.0 - ModelSpec.bn_momentum if tf_convention else ModelSpec.bn_momentum)
@@ -481,11 +470,25 @@ def _resolve_model(m: dict[str, Any], dataset: DatasetSpec, bad: Any) -> ModelSp
         bn_momentum=round(float(momentum), 12),
         bn_eps=float(m.get("bn_eps", ModelSpec.bn_eps)),
     )
-    try:
-        build_model(spec, dataset, device="meta")
-    except ValueError as err:
-        bad("model", str(err))
+    if (err := _model_facts(spec, dataset).build_error) is not None:
+        bad("model", err)
     return spec
+
+
+def _model_names(name: str) -> list[str]:
+    """The registry's model names; the table's (no torch) when they include `name`, else the
+    registry itself (a model registered at run time, or an unknown name to refuse)."""
+    names = tabulated_model_names()
+    if name in names:
+        return names
+    from lotto import models
+
+    return models.model_names()
+
+
+def _model_facts(model: ModelSpec, dataset: DatasetSpec) -> ModelFacts:
+    """What validation reads about the model, without torch where lotto/model_facts.json knows it."""
+    return facts(model_options(model, dataset))
 
 
 def build_model(model: ModelSpec, dataset: DatasetSpec, device: Any = "cpu") -> Any:
@@ -495,15 +498,7 @@ def build_model(model: ModelSpec, dataset: DatasetSpec, device: Any = "cpu") -> 
     from lotto import models
 
     with torch.device(device):
-        return models.create_model(
-            model.name,
-            input_shape=dataset.input_shape,
-            num_classes=dataset.num_classes,
-            dropout=model.dropout,
-            bn_momentum=model.bn_momentum,
-            bn_eps=model.bn_eps,
-            width=model.width,
-        )
+        return models.create_model(**model_options(model, dataset))
 
 
 def _resolve_pruning(p: dict[str, Any], model: ModelSpec, dataset: DatasetSpec, bad: Any,
@@ -560,14 +555,11 @@ def _resolve_exclude(names: list[str], model: ModelSpec, dataset: DatasetSpec, b
     lotto.masks.readable_names) becomes its module path, so either spelling gives one spec."""
     if not names:
         return ()
-    from lotto.masks import prunable_layers, readable_names
-
-    try:
-        net = build_model(model, dataset, "meta")
-    except ValueError:
+    known = _model_facts(model, dataset)
+    if known.build_error is not None:
         return tuple(names)  # an unknown model is reported on its own
-    readable = readable_names(net)
-    paths = [path for path, _, _ in prunable_layers(net)]
+    readable = {name: path for name, path, _ in known.layers}
+    paths = [path for _, path, _ in known.layers]
     resolved = []
     for name in names:
         if name not in paths and name not in readable:
@@ -605,9 +597,10 @@ def _resolve_mask_training(p: dict[str, Any], training: TrainingSpec, step: Any,
 
 
 def _check_kinds_have_rates(model: ModelSpec, dataset: DatasetSpec, rates: dict, exclude: list) -> None:
-    from lotto.masks import prunable_layers
-
-    kinds = {kind for name, kind, _ in prunable_layers(build_model(model, dataset, "meta")) if name not in exclude}
+    known = _model_facts(model, dataset)
+    if known.build_error is not None:
+        raise InvalidValue(known.build_error)
+    kinds = {kind for _, path, kind in known.layers if path not in exclude}
     missing = sorted(kinds - set(rates))
     if missing:
         raise ValueError(

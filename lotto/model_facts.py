@@ -1,0 +1,112 @@
+"""The facts about a model that spec validation reads, known without importing torch.
+
+Validating an experiment asks of its model: can it be built with these options (and if not,
+why), which layers are prunable (readable name, module path, kind), can its seeds train
+together (lotto.vmap.check_vectorisable) and can Early-Bird prune its channels
+(lotto.structured.channel_groups). Building the model to answer imports torch (~2.7 s), which
+every `snakemake` start and every cluster job's inner snakemake would pay. So the answers for
+the model options the presets use are measured once, from the real models on the meta device,
+and shipped as model_facts.json; a combination the table lacks (another width, a model
+registered at run time) is measured the same way when asked. tests/test_model_facts.py
+regenerates the table and requires it to equal the committed file, so it cannot drift.
+Regenerate with `python -m lotto model-facts config/experiments/*.yaml`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+TABLE = Path(__file__).with_name("model_facts.json")
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    build_error: str | None = None  # why create_model refuses the options; then nothing else is known
+    layers: tuple[tuple[str, str, str], ...] = ()  # (readable name, module path, kind), forward order
+    not_vectorisable: str | None = None  # why its seeds cannot train together; None if they can
+    not_channel_prunable: str | None = None  # why Early-Bird cannot prune its channels; None if it can
+
+
+def model_options(model: Any, dataset: Any) -> dict[str, Any]:
+    """lotto.models.create_model's arguments for a ModelSpec on a DatasetSpec."""
+    return {
+        "name": model.name,
+        "input_shape": dataset.input_shape,
+        "num_classes": dataset.num_classes,
+        "dropout": model.dropout,
+        "width": model.width,
+        "bn_momentum": model.bn_momentum,
+        "bn_eps": model.bn_eps,
+    }
+
+
+def tabulated_model_names() -> list[str]:
+    """The registry's model names when the table was made (lotto.models.model_names())."""
+    return _table()["models"]
+
+
+def facts(options: dict[str, Any]) -> ModelFacts:
+    """The facts of the model `options` builds: from the table, else measured (imports torch)."""
+    key = _key(options)
+    if key not in _measured:
+        row = _table()["facts"].get(key)
+        _measured[key] = _from_row(row) if row is not None else measure(options)
+    return _measured[key]
+
+
+def measure(options: dict[str, Any]) -> ModelFacts:
+    """Build the model on the meta device and ask the modules that use each fact."""
+    import torch
+
+    from lotto.masks import prunable_layers, readable_names
+    from lotto.models import create_model
+    from lotto.structured import channel_groups
+    from lotto.vmap import check_vectorisable
+
+    try:
+        with torch.device("meta"):
+            net = create_model(**options)
+    except ValueError as err:
+        return ModelFacts(build_error=str(err))
+    readable = {path: name for name, path in readable_names(net).items()}
+    layers = tuple((readable[path], path, kind) for path, kind, _ in prunable_layers(net))
+    return ModelFacts(layers=layers, not_vectorisable=_refusal(check_vectorisable, net),
+                      not_channel_prunable=_refusal(channel_groups, net))
+
+
+def table_text(options: Iterable[dict[str, Any]]) -> str:
+    """model_facts.json for these model options (measured, not looked up), as written."""
+    from lotto.models import model_names
+
+    rows = {_key(o): json.dumps(asdict(measure(o))) for o in options}
+    facts_lines = ",\n".join(f"  {json.dumps(key)}: {row}" for key, row in sorted(rows.items()))
+    return f'{{\n "models": {json.dumps(model_names())},\n "facts": {{\n{facts_lines}\n }}\n}}\n'
+
+
+def _refusal(check: Any, net: Any) -> str | None:
+    try:
+        check(net)
+    except ValueError as err:
+        return str(err)
+    return None
+
+
+def _key(options: dict[str, Any]) -> str:
+    return json.dumps({**options, "input_shape": list(options["input_shape"])}, sort_keys=True)
+
+
+def _from_row(row: dict[str, Any]) -> ModelFacts:
+    return ModelFacts(**{**row, "layers": tuple(tuple(layer) for layer in row["layers"])})
+
+
+_measured: dict[str, ModelFacts] = {}
+
+
+@cache
+def _table() -> dict[str, Any]:
+    return json.loads(TABLE.read_text(encoding="utf-8"))
