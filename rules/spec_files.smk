@@ -14,7 +14,7 @@ def execution_options(wildcards, output):
     counts a params function taking `output` as derived from the outputs and leaves it out
     of its params rerun trigger, as wanted here (tests/test_workflow.py checks it)."""
     settings = execution_settings(_job_spec(wildcards))
-    return "--execution " + shlex.quote(json.dumps(settings, sort_keys=True))
+    return f"--execution {shlex.quote(json.dumps(settings, sort_keys=True))}"
 
 
 def recipe_json(experiment):
