@@ -39,6 +39,23 @@ def _read_spec(path: str):
     return _spec_from_json(text, path)
 
 
+def _training_spec(args: argparse.Namespace):
+    """The spec a training verb runs: --execution, when given, sets its execution-only fields
+    (the workflow's spec files hold them at their defaults; lotto.spec_types.EXECUTION_ONLY)."""
+    spec = _read_spec(args.spec)
+    if args.execution is None:
+        return spec
+    from lotto.spec_types import with_execution_settings
+
+    try:
+        settings = json.loads(args.execution)
+        if not isinstance(settings, dict):
+            raise ValueError("expected a JSON object of setting -> value")
+        return with_execution_settings(spec, settings)
+    except ValueError as err:  # json.JSONDecodeError included
+        raise InvalidValue(f"--execution {args.execution}: {err}") from None
+
+
 def _configure_torch(threads: int) -> None:
     """Per job: `threads` CPU threads; on a GPU, cuDNN times its algorithms once per shape
     (a job trains one shape for thousands of steps: ResNet-20 -18% time per round on an H100)."""
@@ -100,7 +117,7 @@ def cmd_round(args: argparse.Namespace) -> None:
     from lotto import rounds
 
     _configure_torch(args.threads)
-    spec = _read_spec(args.spec)
+    spec = _training_spec(args)
     paths = _seed_paths(args)
     if len(args.seed) == 1:
         results = [rounds.run_round(
@@ -122,14 +139,14 @@ def cmd_learn_mask(args: argparse.Namespace) -> None:
     from lotto import rounds
 
     _configure_torch(args.threads)
-    rounds.run_learn_mask(_read_spec(args.spec), Path(args.data), args.seed, Path(args.weights), Path(args.out))
+    rounds.run_learn_mask(_training_spec(args), Path(args.data), args.seed, Path(args.weights), Path(args.out))
 
 
 def cmd_replay(args: argparse.Namespace) -> None:
     from lotto import rounds
 
     _configure_torch(args.threads)
-    rounds.run_replay(_read_spec(args.spec), Path(args.data), args.seed, args.step, Path(args.dense), Path(args.out))
+    rounds.run_replay(_training_spec(args), Path(args.data), args.seed, args.step, Path(args.dense), Path(args.out))
 
 
 def cmd_branch(args: argparse.Namespace) -> None:
@@ -137,7 +154,7 @@ def cmd_branch(args: argparse.Namespace) -> None:
 
     _configure_torch(args.threads)
     result = rounds.run_branch(
-        _read_spec(args.spec), Path(args.data), args.seed, args.round, args.kind,
+        _training_spec(args), Path(args.data), args.seed, args.round, args.kind,
         Path(args.round_dir), Path(args.dense), Path(args.out),
     )
     _report(result, Path(args.out))
@@ -254,7 +271,7 @@ def cmd_eb_search(args: argparse.Namespace) -> None:
     from lotto import earlybird
 
     _configure_torch(args.threads)
-    outcome = earlybird.search(_read_spec(args.spec), Path(args.data), args.seed, Path(args.out))
+    outcome = earlybird.search(_training_spec(args), Path(args.data), args.seed, Path(args.out))
     draws = ", ".join(f"{label}: {epoch}" for label, epoch in outcome.draw_epoch.items())
     print(f"draw epochs {draws}; trained {outcome.epochs_trained} epochs ({outcome.iterations} it)",
           file=sys.stderr)
@@ -264,7 +281,7 @@ def cmd_eb_train(args: argparse.Namespace) -> None:
     from lotto import earlybird
 
     _configure_torch(args.threads)
-    summary = earlybird.retrain(_read_spec(args.spec), Path(args.data), args.seed, Path(args.search),
+    summary = earlybird.retrain(_training_spec(args), Path(args.data), args.seed, Path(args.search),
                                 args.ratio, args.ticket, args.mode, Path(args.out))
     print(f"{summary['ticket']}-{summary['mode']} p={summary['ratio']}: test acc "
           f"{summary['test_accuracy']:.4f}, total training FLOPs {summary['total_flops']:.3g}", file=sys.stderr)
@@ -318,6 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             p.add_argument("--seed", type=int, required=True)
         p.add_argument("--threads", type=int, default=int(os.environ.get("LOTTO_THREADS", "1")))
+        p.add_argument("--execution", help="JSON object of the execution-only training settings "
+                       "(checkpoint_every, device, ...), replacing the spec's; unnamed ones default")
 
     p = verb("round", cmd_round, "train one pruning round (round 0 = dense) and write its files")
     training_args(p, several_seeds=True)

@@ -38,6 +38,12 @@ def _no_hash() -> dict[str, Any]:
     return {"hash": False}
 
 
+def _execution_only() -> dict[str, Any]:
+    """A training field that says how a job runs, not what it computes: outside the hashes, and
+    at its default in the spec files jobs read (see EXECUTION_ONLY)."""
+    return {"hash": False, "execution_only": True}
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
     name: str
@@ -88,12 +94,12 @@ class TrainingSpec:
     eval_every: int = 100
     divergence_loss: float = 1e4
     precision: str = "fp32"  # "bf16": autocast forward passes (lotto.train.autocast); "tf32": TF32 matmuls (matmul_precision)
-    checkpoint_every: int = field(default=0, metadata=_no_hash())
-    device: str = field(default="auto", metadata=_no_hash())
+    checkpoint_every: int = field(default=0, metadata=_execution_only())
+    device: str = field(default="auto", metadata=_execution_only())
     # how the workflow runs a pruned round's seeds (together, lotto.vmap), not what they compute
-    vectorize_seeds: bool = field(default=False, metadata=_no_hash())
+    vectorize_seeds: bool = field(default=False, metadata=_execution_only())
     # how a GPU runs the step (replayed from a CUDA graph, lotto.train.Stepper), not what it computes
-    cuda_graph: bool = field(default=True, metadata=_no_hash())
+    cuda_graph: bool = field(default=True, metadata=_execution_only())
 
     def lr_at(self, step: int) -> float:
         """The learning rate at iteration `step`: linear warm-up, then multi-step decay."""
@@ -101,6 +107,32 @@ class TrainingSpec:
         if self.warmup and step < self.warmup:
             scale *= (step + 1) / self.warmup
         return self.lr * scale
+
+
+# Training fields marked _execution_only. The workflow writes them at their defaults into the spec
+# files jobs read (a spec file is a Snakemake params value, so changing one would re-run every
+# job) and hands each job the experiment's values as `--execution` (lotto.cli), which overrides
+# them. Marking a field _execution_only is all a new one needs.
+EXECUTION_ONLY: tuple[str, ...] = tuple(
+    f.name for f in dataclasses.fields(TrainingSpec) if f.metadata.get("execution_only")
+)
+
+
+def execution_settings(spec: ExperimentSpec) -> dict[str, Any]:
+    """The spec's execution-only training fields (name -> value), e.g. for `--execution`."""
+    return {name: getattr(spec.training, name) for name in EXECUTION_ONLY}
+
+
+def with_execution_settings(spec: ExperimentSpec, settings: dict[str, Any]) -> ExperimentSpec:
+    """The spec with its execution-only fields at their defaults, except those in `settings`."""
+    values = {name: _default(TrainingSpec, name) for name in EXECUTION_ONLY}
+    for name, value in settings.items():
+        if name not in values:
+            raise ValueError(f"{name!r} is not an execution setting; allowed: {list(values)}")
+        if type(value) is not type(values[name]):
+            raise ValueError(f"{name}: {value!r} is not a {type(values[name]).__name__}")
+        values[name] = value
+    return dataclasses.replace(spec, training=dataclasses.replace(spec.training, **values))
 
 
 @dataclass(frozen=True)

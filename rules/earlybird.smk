@@ -25,11 +25,12 @@ rule eb_search:
         **TRAINING_RESOURCES,
     params:
         slot=slot_options,
+        execution=execution_options,
         out=lambda w, output: os.path.dirname(output.eb),
     shell:
         "python -m lotto.gpu_slot {params.slot} --energy {log}.energy.json -- "
         "python -m lotto eb-search --spec {input.spec} --data {input.data} --seed {wildcards.seed} "
-        "--threads {threads} --out {params.out} > {log} 2>&1"
+        "{params.execution} --threads {threads} --out {params.out} > {log} 2>&1"
 
 
 rule eb_train:
@@ -57,6 +58,7 @@ rule eb_train:
         **TRAINING_RESOURCES,
     params:
         slot=slot_options,
+        execution=execution_options,
         ratio=lambda w: eb_ratio(w.experiment, w.ratio),
         search=lambda w, input: os.path.dirname(input.eb),
         out=lambda w, output: os.path.dirname(output.summary),
@@ -64,7 +66,7 @@ rule eb_train:
         "python -m lotto.gpu_slot {params.slot} --energy {log}.energy.json -- "
         "python -m lotto eb-train --spec {input.spec} --data {input.data} --seed {wildcards.seed} "
         "--search {params.search} --ratio {params.ratio} --ticket {wildcards.ticket} "
-        "--mode {wildcards.mode} --threads {threads} --out {params.out} > {log} 2>&1"
+        "--mode {wildcards.mode} {params.execution} --threads {threads} --out {params.out} > {log} 2>&1"
 
 
 rule eb_figures:

@@ -26,6 +26,7 @@ from lotto.spec import (
     load_experiment,
     validate_document,
 )
+from lotto.spec_types import execution_settings, with_execution_settings
 
 # lotto's own files (Snakefile, rules/, config/experiments/): this file's parent folder, also
 # when lotto is a module of a user's workflow (workflow.basedir is then the user's folder).

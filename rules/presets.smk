@@ -69,10 +69,11 @@ rule transfer_branch:
         **TRAINING_RESOURCES,
     params:
         slot=slot_options,
+        execution=execution_options,
         dirs=transfer_dirs,
         out=TRANSFER_DIR,
     shell:
         "python -m lotto.gpu_slot {params.slot} --energy {log}.energy.json -- "
         "python -m lotto branch --spec {input.spec} --data {input.data} --seed {wildcards.seed} "
         "--round {wildcards.round} --kind transfer --round-dir {params.dirs[round_dir]} "
-        "--dense {params.dirs[dense]} --threads {threads} --out {params.out} > {log} 2>&1"
+        "--dense {params.dirs[dense]} {params.execution} --threads {threads} --out {params.out} > {log} 2>&1"

@@ -36,10 +36,11 @@ TRAINING_RESOURCES = {"mem_mb": TRAINING_MEM_MB, "gpu": whole_gpus, "gpu_slot": 
 _MEMORY_MB = {}
 
 
-def slot_options(wildcards):
+def slot_options(wildcards, resources):
     """lotto.gpu_slot's options: GPUs, slots per GPU and, when GPUs are shared, the job's
-    estimated GPU memory (lotto.gpu_memory; imports torch once, only then)."""
-    n = gpus(wildcards)
+    estimated GPU memory (lotto.gpu_memory; imports torch once, only then). Taking the
+    job's resources makes it derived: not a params rerun trigger (where jobs run)."""
+    n = resources.gpu_slot
     options = f"-n {n} -k {GPU_SLOTS}"
     if n and GPU_SLOTS > 1:
         spec = _job_spec(wildcards)

@@ -3,9 +3,18 @@
 
 
 def _as_written(spec):
-    """The spec as its files show it: without vectorize_seeds, which only chooses the jobs
-    (switching it leaves every spec file, and so every job's inputs, as they were)."""
-    return replace(spec, training=replace(spec.training, vectorize_seeds=False))
+    """The spec as its files show it: its execution-only fields (device, checkpoint_every, ...)
+    at their defaults, so changing one leaves every spec file, and every job, as it was; the
+    jobs get the real values from `execution_options`."""
+    return with_execution_settings(spec, {})
+
+
+def execution_options(wildcards, output):
+    """`--execution` of a training job: the experiment's execution-only settings. Snakemake
+    counts a params function taking `output` as derived from the outputs and leaves it out
+    of its params rerun trigger, as wanted here (tests/test_workflow.py checks it)."""
+    settings = execution_settings(_job_spec(wildcards))
+    return f"--execution {shlex.quote(json.dumps(settings, sort_keys=True))}"
 
 
 def recipe_json(experiment):

@@ -22,11 +22,12 @@ rule dense_round:
         **TRAINING_RESOURCES,
     params:
         slot=slot_options,
+        execution=execution_options,
         out=lambda w, output: os.path.dirname(output.checkpoint),
     shell:
         "python -m lotto.gpu_slot {params.slot} --energy {log}.energy.json -- "
         "python -m lotto round --spec {input.spec} --data {input.data} --seed {wildcards.seed} "
-        "--round 0 --threads {threads} --out {params.out} > {log} 2>&1"
+        "--round 0 {params.execution} --threads {threads} --out {params.out} > {log} 2>&1"
 
 
 rule replay:
@@ -45,11 +46,12 @@ rule replay:
         **TRAINING_RESOURCES,
     params:
         slot=slot_options,
+        execution=execution_options,
         dense=lambda w, input: os.path.dirname(input.init),
     shell:
         "python -m lotto.gpu_slot {params.slot} --energy {log}.energy.json -- "
         "python -m lotto replay --spec {input.spec} --data {input.data} --seed {wildcards.seed} "
-        "--step {wildcards.step} --dense {params.dense} --threads {threads} --out {output} > {log} 2>&1"
+        "--step {wildcards.step} --dense {params.dense} {params.execution} --threads {threads} --out {output} > {log} 2>&1"
 
 
 rule learn_mask:
@@ -70,10 +72,11 @@ rule learn_mask:
         **TRAINING_RESOURCES,
     params:
         slot=slot_options,
+        execution=execution_options,
     shell:
         "python -m lotto.gpu_slot {params.slot} --energy {log}.energy.json -- "
         "python -m lotto learn-mask --spec {input.spec} --data {input.data} --seed {wildcards.seed} "
-        "--weights {input.weights} --threads {threads} --out {output} > {log} 2>&1"
+        "--weights {input.weights} {params.execution} --threads {threads} --out {output} > {log} 2>&1"
 
 
 rule prune_round:
@@ -97,12 +100,13 @@ rule prune_round:
         **TRAINING_RESOURCES,
     params:
         slot=slot_options,
+        execution=execution_options,
         paths=round_params,
     shell:
         "python -m lotto.gpu_slot {params.slot} --energy {log}.energy.json -- "
         "python -m lotto round --spec {input.spec} --data {input.data} --seed {wildcards.seed} "
         "--round {wildcards.round} --dense {params.paths[dense]} --prev {params.paths[prev]} "
-        "{params.paths[options]} --threads {threads} --out {params.paths[out]} > {log} 2>&1"
+        "{params.paths[options]} {params.execution} --threads {threads} --out {params.paths[out]} > {log} 2>&1"
 
 
 # The same rounds for experiments with training.vectorize_seeds: one job per round trains every
@@ -145,12 +149,13 @@ for _experiment, _rule_name in SEEDS_TOGETHER.items():
             **TRAINING_RESOURCES,
         params:
             slot=slot_options,
+            execution=execution_options,
             paths=seeds_round_params,
         shell:
             "python -m lotto.gpu_slot {params.slot} --energy {log}.energy.json -- "
             "python -m lotto round --spec {input.spec} --data {input.data} {params.paths[seeds]} "
             "--round {wildcards.round} --dense {params.paths[dense]:q} --prev {params.paths[prev]:q} "
-            "{params.paths[options]} --threads {threads} --out {params.paths[out]:q} > {log} 2>&1"
+            "{params.paths[options]} {params.execution} --threads {threads} --out {params.paths[out]:q} > {log} 2>&1"
 
 
 rule control_branch:
@@ -175,6 +180,7 @@ rule control_branch:
         **TRAINING_RESOURCES,
     params:
         slot=slot_options,
+        execution=execution_options,
         dense=lambda w, input: os.path.dirname(input.init),
         round_dir=lambda w, input: os.path.dirname(input.mask),
         out=lambda w, output: os.path.dirname(output.checkpoint),
@@ -182,4 +188,4 @@ rule control_branch:
         "python -m lotto.gpu_slot {params.slot} --energy {log}.energy.json -- "
         "python -m lotto branch --spec {input.spec} --data {input.data} --seed {wildcards.seed} "
         "--round {wildcards.round} --kind {wildcards.branch} --round-dir {params.round_dir} "
-        "--dense {params.dense} --threads {threads} --out {params.out} > {log} 2>&1"
+        "--dense {params.dense} {params.execution} --threads {threads} --out {params.out} > {log} 2>&1"

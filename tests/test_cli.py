@@ -203,6 +203,35 @@ def test_damaged_spec_json_names_the_file(synthetic_data, tmp_path, capsys, cont
     assert code == 2 and err.startswith(f"lotto round: error: {path}"), err
 
 
+def test_execution_replaces_the_execution_settings_of_the_spec_file(tmp_path):
+    """The workflow's spec files hold execution-only settings at their defaults (older ones may
+    hold other values): --execution sets them all, unnamed ones to their defaults."""
+    spec = str(write_spec(tmp_path / "spec.json", training={"checkpoint_every": 20, "device": "cpu"}))
+    args = ["round", "--spec", spec, "--data", "d", "--seed", "0", "--round", "0", "--out", "o"]
+    as_read = cli._training_spec(cli.build_parser().parse_args(args)).training
+    assert (as_read.checkpoint_every, as_read.device) == (20, "cpu")
+    given = cli.build_parser().parse_args([*args, "--execution", '{"checkpoint_every": 5, "cuda_graph": false}'])
+    training = cli._training_spec(given).training
+    assert (training.checkpoint_every, training.device, training.cuda_graph) == (5, "auto", False)
+    assert training.lr == as_read.lr
+
+
+@pytest.mark.parametrize("execution, mention", [
+    ('{"lr": 0.1}', "'lr' is not an execution setting"),
+    ('{"checkpoint_every": "10"}', "checkpoint_every: '10' is not a int"),
+    ('{"device": "cpu"', "Expecting"),
+    ('["device"]', "JSON object"),
+])  # fmt: skip
+def test_bad_execution_settings_are_one_line_errors(synthetic_data, tmp_path, capsys, execution, mention):
+    spec = write_spec(tmp_path / "spec.json")
+    code = cli.main(["round", "--spec", str(spec), "--data", str(synthetic_data), "--seed", "0",
+                     "--round", "0", "--execution", execution, "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("lotto round: error: --execution "), err
+    assert mention in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()
+
+
 # ---------------------------------------------------------------------------- bugs
 
 

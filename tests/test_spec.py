@@ -27,6 +27,7 @@ from lotto.spec import (
     load_experiment,
     resolve,
 )
+from lotto.spec_types import EXECUTION_ONLY
 
 
 def refusal(doc: dict) -> str:
@@ -346,9 +347,9 @@ IDENTITY_OF_SECTION = {"dataset": "dense_key", "model": "dense_key", "training":
                        "pruning": "recipe_key", "rewinding": "recipe_key",
                        "earlybird": "recipe_key"}
 
-# Reviewed: fields outside both hashes, with why. (training.checkpoint_every, device and
-# cuda_graph are still written in the spec files jobs read, so under Snakemake's default rerun
-# triggers changing one re-runs those jobs anyway; with --rerun-triggers mtime it does not.)
+# Reviewed: fields outside both hashes, with why. The training ones are execution-only
+# (lotto.spec_types.EXECUTION_ONLY): spec files hold them at their defaults and jobs get them as
+# `--execution`, so changing one re-runs nothing (tests/test_workflow.py checks each).
 NOT_IN_IDENTITY = {
     "name": "the results directory itself: another name is another experiment",
     "seeds": "each seed has its own directories; adding one adds jobs, re-runs none",
@@ -433,6 +434,13 @@ def test_the_field_tables_name_only_fields_of_the_spec():
     fields = set(spec_fields())
     assert set(CHANGED_VALUE) - fields == set(), "stale entries in CHANGED_VALUE"
     assert set(NOT_IN_IDENTITY) - fields == set(), "stale entries in NOT_IN_IDENTITY"
+
+
+def test_the_training_fields_outside_the_hashes_are_exactly_the_execution_only_ones():
+    """Each is held at its default in spec files and passed to jobs as --execution; a training
+    field outside the hashes that jobs did not get that way would silently use its default."""
+    unhashed = {path.removeprefix("training.") for path in NOT_IN_IDENTITY if path.startswith("training.")}
+    assert unhashed == set(EXECUTION_ONLY)
 
 
 @pytest.mark.parametrize("path", spec_fields())

@@ -13,6 +13,7 @@ from __future__ import annotations
 import html
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -29,6 +30,7 @@ from workflow_util import (
     KILL_EXPERIMENT,
     KILL_NAME,
     TINY_EXPERIMENT,
+    Result,
     Workdir,
     experiment,
     job_env,
@@ -133,6 +135,54 @@ def test_rerun_after_full_run_has_nothing_to_do(reference):
     result = work.snakemake().check()
     assert "Nothing to be done" in result.output
     assert result.jobs == []
+
+
+# Execution-only settings (lotto.spec_types.EXECUTION_ONLY), each changed alone from the reference
+# experiment's: how its jobs run, not what they compute.
+EXECUTION_CHANGES = {"checkpoint_every": 0, "device": "auto", "cuda_graph": False}
+
+
+@pytest.fixture(scope="module")
+def reference_copy(reference, tmp_path_factory):
+    """The finished reference run, copied (with its mtimes and Snakemake metadata) to edit."""
+    source, _ = reference
+    path = tmp_path_factory.mktemp("copy") / "work"
+    shutil.copytree(source.path, path, symlinks=True)
+    return Workdir(path)
+
+
+def _plan_with(work: Workdir, **training) -> Result:
+    """A dry run (default rerun triggers, commands printed) of the reference experiment with
+    these training settings, the experiment file restored afterwards."""
+    path = work.path / "experiments" / f"{KILL_NAME}.yaml"
+    original = path.read_text()
+    doc = yaml.safe_load(original)
+    doc["training"].update(training)
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    try:
+        return work.snakemake("--dry-run", "--printshellcmds").check()
+    finally:
+        path.write_text(original)
+
+
+@pytest.mark.parametrize("setting", sorted(EXECUTION_CHANGES))
+def test_changing_an_execution_setting_reruns_nothing(reference_copy, setting):
+    """Spec files hold execution-only settings at their defaults and jobs get them as
+    `--execution`, which Snakemake does not count as a changed param: nothing re-runs."""
+    result = _plan_with(reference_copy, **{setting: EXECUTION_CHANGES[setting]})
+    assert result.jobs == [], rule_counts(result.output)
+    assert "Nothing to be done" in result.output
+
+
+def test_changing_a_hashed_setting_reruns_round_0_with_the_execution_settings(reference_copy):
+    """The counterpart: a changed learning rate plans round 0 again, and its command carries
+    the experiment's execution settings (checkpoint_every 10, device cpu)."""
+    result = _plan_with(reference_copy, lr=0.001)
+    assert rule_counts(result.output)["dense_round"] == 1
+    command = next(line for line in result.output.splitlines() if "lotto round" in line)
+    execution = json.loads(shlex.split(command.split("--execution", 1)[1])[0])
+    assert execution == {"checkpoint_every": 10, "cuda_graph": True, "device": "cpu",
+                         "vectorize_seeds": False}
 
 
 # --- 3. re-plotting without training ---------------------------------------------------------
