@@ -25,6 +25,7 @@ import pandas as pd
 from lotto import __version__, io
 from lotto.eb_figures import CAPTIONS
 from lotto.errors import InvalidValue
+from lotto.spec_types import EXECUTION_ONLY
 from lotto.tables import template_environment
 
 VERSIONED_PACKAGES = ("torch", "torchvision", "numpy", "pandas", "matplotlib", "snakemake")
@@ -108,6 +109,14 @@ def owner(path: Path, experiments: Iterable[str], relative_to: Path) -> str | No
     return max(matches, key=len) if matches else None
 
 
+def _results_part(spec: dict[str, Any]) -> dict[str, Any]:
+    """The spec without its execution-only settings: spec files carry those at their defaults
+    (jobs get the real values as --execution), so showing them would show defaults, not what
+    ran; they do not change results."""
+    training = {k: v for k, v in spec.get("training", {}).items() if k not in EXECUTION_ONLY}
+    return {**spec, "training": training} if "training" in spec else spec
+
+
 def write_report(
     out_html: str | Path,
     *,
@@ -122,7 +131,7 @@ def write_report(
     base = out.parent
     sections: dict[str, dict[str, Any]] = {
         name: {"name": name, "description": spec.get("description", ""), "figures": [], "tables": [],
-               "spec": json.dumps(spec, indent=2, sort_keys=True)}
+               "spec": json.dumps(_results_part(spec), indent=2, sort_keys=True)}
         for name, spec in specs.items()
     }
     shared = {"name": SHARED_SECTION, "description": "", "figures": [], "tables": [], "spec": None}
