@@ -12,7 +12,6 @@ evaluation points, and on a GPU the whole step is replayed from a CUDA graph (se
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import inspect
 import math
@@ -76,18 +75,6 @@ def matmul_precision(precision: str) -> Iterator[None]:
         yield
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
-
-
-def in_training_precision(fn: Callable) -> Callable:
-    """Run `fn` (whose `spec` argument is a TrainingSpec) under matmul_precision(spec.precision)."""
-    signature = inspect.signature(fn)
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with matmul_precision(signature.bind(*args, **kwargs).arguments["spec"].precision):
-            return fn(*args, **kwargs)
-
-    return wrapper
 
 
 def resolve_device(device: str) -> torch.device:
@@ -446,8 +433,15 @@ class TrainingLoop:
         """Train from `state` to `steps` (or an on_eval stop); 'diverged' or 'ok'.
 
         Evaluates at step 0, every spec.eval_every steps and at the end; `checkpoint(state)` runs
-        every spec.checkpoint_every steps (not at the end), when given."""
-        spec, snapshot_at = self.spec, set(snapshot_at)
+        every spec.checkpoint_every steps (not at the end), when given. The whole run (graph
+        capture, backward passes and evaluations included) is under training.precision's
+        matmul flags."""
+        with matmul_precision(self.spec.precision):
+            return self._run(state, set(snapshot_at), on_eval, checkpoint)
+
+    def _run(self, state: TrainState, snapshot_at: set[int], on_eval: Callable[[int], bool | None] | None,
+             checkpoint: Callable[[TrainState], None] | None) -> str:
+        spec = self.spec
         self.sums = state.loss_sum, state.correct_sum
         self.progress, self.first_step = Progress(self.label, self.steps), state.step
         stop_requested = False
@@ -478,7 +472,6 @@ class TrainingLoop:
         return "ok"
 
 
-@in_training_precision
 def train(
     model: nn.Module,
     data: Splits,

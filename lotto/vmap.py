@@ -36,7 +36,6 @@ from lotto.train import (
     TrainingLoop,
     TrainResult,
     autocast,
-    in_training_precision,
 )
 
 
@@ -59,7 +58,6 @@ def check_vectorisable(model: nn.Module) -> None:
             )
 
 
-@in_training_precision
 def train_seeds(
     models: list[nn.Module],
     data: Splits,
