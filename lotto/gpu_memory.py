@@ -21,12 +21,10 @@ import math
 import torch
 from torch import nn
 
-from lotto.models import create_model
-from lotto.spec import DATASET_FACTS, SYNTHETIC_DEFAULTS, ExperimentSpec
+from lotto.spec import DATASET_FACTS, SYNTHETIC_DEFAULTS, ExperimentSpec, build_model
+from lotto.train import EVAL_BATCH
 
 CONTEXT_MB = 600  # CUDA context, cuDNN/cuBLAS handles and workspaces (measured ~500 on an H100)
-EVAL_BATCH = 2000  # lotto.train.EVAL_BATCH, not imported: that would import the training loop
-TEST_SIZE = {"mnist": 10000, "fashion_mnist": 10000, "cifar10": 10000, "cifar100": 10000, "synthetic": 500}
 BYTES = 4  # float32
 
 
@@ -35,7 +33,8 @@ def _examples(spec: ExperimentSpec) -> int:
     if spec.dataset.synthetic is not None:
         options = {**SYNTHETIC_DEFAULTS, **dict(spec.dataset.synthetic)}
         return int(options["n_train"]) + int(options["n_test"])
-    return DATASET_FACTS[spec.dataset.name]["train_size"] + TEST_SIZE.get(spec.dataset.name, 10000)
+    facts = DATASET_FACTS[spec.dataset.name]
+    return facts["train_size"] + facts["test_size"]
 
 
 def _activation_elements(model: nn.Module, batch: int, shape: tuple[int, ...]) -> tuple[int, int]:
@@ -59,11 +58,7 @@ def _activation_elements(model: nn.Module, batch: int, shape: tuple[int, ...]) -
 def estimate_mb(spec: ExperimentSpec) -> int:
     """Estimated peak GPU memory of one training of `spec`, in MB (rounded up)."""
     shape = tuple(spec.dataset.input_shape)
-    with torch.device("meta"):
-        model = create_model(
-            spec.model.name, input_shape=shape, num_classes=spec.dataset.num_classes,
-            dropout=spec.model.dropout, width=spec.model.width,
-        )
+    model = build_model(spec.model, spec.dataset, "meta")
     parameters = sum(p.numel() for p in model.parameters())
     optimizer_states = 2 if spec.training.optimizer == "adam" else int(spec.training.momentum > 0)
     model_bytes = BYTES * parameters * (3 + optimizer_states)  # weights, gradients, mask

@@ -26,11 +26,12 @@ SYNTHETIC_DEFAULTS: dict[str, Any] = {"n_train": 2000, "n_test": 500, "shape": (
 # them too. augment: whether training augments by default (random flip + pad-and-crop, the
 # papers' CIFAR recipe; dataset.augment overrides it).
 DATASET_FACTS: dict[str, dict[str, Any]] = {
-    "mnist": {"train_size": 60000, "num_classes": 10, "shape": (1, 28, 28), "augment": False},
-    "fashion_mnist": {"train_size": 60000, "num_classes": 10, "shape": (1, 28, 28), "augment": False},
-    "cifar10": {"train_size": 50000, "num_classes": 10, "shape": (3, 32, 32), "augment": True},
-    "cifar100": {"train_size": 50000, "num_classes": 100, "shape": (3, 32, 32), "augment": True},
-    "synthetic": {"train_size": SYNTHETIC_DEFAULTS["n_train"], "num_classes": SYNTHETIC_DEFAULTS["num_classes"],
+    "mnist": {"train_size": 60000, "test_size": 10000, "num_classes": 10, "shape": (1, 28, 28), "augment": False},
+    "fashion_mnist": {"train_size": 60000, "test_size": 10000, "num_classes": 10, "shape": (1, 28, 28), "augment": False},
+    "cifar10": {"train_size": 50000, "test_size": 10000, "num_classes": 10, "shape": (3, 32, 32), "augment": True},
+    "cifar100": {"train_size": 50000, "test_size": 10000, "num_classes": 100, "shape": (3, 32, 32), "augment": True},
+    "synthetic": {"train_size": SYNTHETIC_DEFAULTS["n_train"], "test_size": SYNTHETIC_DEFAULTS["n_test"],
+                  "num_classes": SYNTHETIC_DEFAULTS["num_classes"],
                   "shape": SYNTHETIC_DEFAULTS["shape"], "augment": False},
 }
 
