@@ -65,6 +65,11 @@ def eb_seed_dir(experiment: str, seed: object, root: str = RESULTS) -> str:
     return f"{root}/{experiment}/eb/seed{seed}"
 
 
+def eb_search_dir(experiment: str, seed: object, root: str = RESULTS) -> str:
+    """An Early-Bird seed's dense search: eb.json, masks, tickets (lotto.earlybird.search)."""
+    return f"{eb_seed_dir(experiment, seed, root)}/search"
+
+
 # A job's name places its log, energy record and benchmark: logs/<job>.log, benchmarks/<job>.tsv.
 
 

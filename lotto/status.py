@@ -54,7 +54,7 @@ def _earlybird_trainings(spec: ExperimentSpec, results: Path) -> list[Training]:
     out = []
     for seed in spec.seeds:
         seed_dir = Path(layout.eb_seed_dir(spec.name, seed, results))
-        out.append(Training(seed, "search", "dense", seed_dir / "search"))
+        out.append(Training(seed, "search", "dense", Path(layout.eb_search_dir(spec.name, seed, results))))
         for name in eb_plan.retrainings(spec):
             ratio, retraining = name.split("/")
             out.append(Training(seed, ratio, retraining, seed_dir / name))

@@ -8,12 +8,12 @@ rule eb_search:
         spec=RECIPE_FILE,
         data=lambda w: data_file(EXPERIMENTS[w.experiment]),
     output:
-        eb=f"{EB_SEED_DIR}/search/eb.json",
-        masks=f"{EB_SEED_DIR}/search/masks.pt",
-        init=f"{EB_SEED_DIR}/search/init.pt",
-        last=f"{EB_SEED_DIR}/search/last.pt",
-        metrics=f"{EB_SEED_DIR}/search/metrics.parquet",
-        tickets=directory(f"{EB_SEED_DIR}/search/tickets"),
+        eb=f"{EB_SEARCH_DIR}/eb.json",
+        masks=f"{EB_SEARCH_DIR}/masks.pt",
+        init=f"{EB_SEARCH_DIR}/init.pt",
+        last=f"{EB_SEARCH_DIR}/last.pt",
+        metrics=f"{EB_SEARCH_DIR}/metrics.parquet",
+        tickets=directory(f"{EB_SEARCH_DIR}/tickets"),
     log:
         layout.log_file(EB_SEARCH_JOB),
     benchmark:
@@ -37,8 +37,8 @@ rule eb_train:
     input:
         spec=RECIPE_FILE,
         data=lambda w: data_file(EXPERIMENTS[w.experiment]),
-        eb=f"{EB_SEED_DIR}/search/eb.json",
-        tickets=f"{EB_SEED_DIR}/search/tickets",
+        eb=f"{EB_SEARCH_DIR}/eb.json",
+        tickets=f"{EB_SEARCH_DIR}/tickets",
     output:
         summary=f"{EB_SEED_DIR}/{{ratio}}/{{ticket}}-{{mode}}/summary.json",
         checkpoint=f"{EB_SEED_DIR}/{{ratio}}/{{ticket}}-{{mode}}/checkpoint.pt",
@@ -72,7 +72,7 @@ rule eb_train:
 rule eb_figures:
     input:
         searches=lambda w: [
-            f"{eb_seed_dir(w.experiment, seed)}/search/eb.json"
+            f"{layout.eb_search_dir(w.experiment, seed)}/eb.json"
             for seed in EXPERIMENTS[w.experiment].seeds
         ],
         summaries=lambda w: eb_summaries(w.experiment),

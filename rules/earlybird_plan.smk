@@ -49,10 +49,7 @@ def eb_jobs(experiment):
 
 def eb_energy_records(experiment):
     """The energy record (lotto.energy) of each search and retraining, beside its log."""
-    spec = EXPERIMENTS[experiment]
-    searches = [layout.eb_search_job(experiment, seed) for seed in spec.seeds]
-    retrainings = [job for job in eb_jobs(experiment) if job not in searches]
-    return [layout.energy_record(job) for job in searches + retrainings]
+    return [layout.energy_record(job) for job in eb_jobs(experiment)]
 
 
 def eb_benchmarks(experiment):

@@ -10,6 +10,7 @@ SEEDS_ROUND_DIR = layout.pruned_round_dir("{{experiment}}", "{seed}", "{{round}}
 BRANCH_DIR = layout.branch_dir("{experiment}", "{seed}", "{round}", "{branch}")
 TRANSFER_DIR = layout.branch_dir("{experiment}", "{seed}", "{round}", "transfer")
 EB_SEED_DIR = layout.eb_seed_dir("{experiment}", "{seed}")
+EB_SEARCH_DIR = layout.eb_search_dir("{experiment}", "{seed}")
 DENSE_JOB = layout.dense_job("{key}", "{seed}")
 ROUND_JOB = layout.round_job("{experiment}", "{seed}", "{round}")
 BRANCH_JOB = layout.branch_job("{experiment}", "{seed}", "{round}", "{branch}")
