@@ -34,7 +34,7 @@ import torch
 from lotto import data as datasets
 from lotto import io, layout, masks, metrics, optimal_masks, prune
 from lotto.errors import InvalidValue
-from lotto.round_plan import start_point
+from lotto.round_plan import BRANCHES, start_point
 from lotto.spec import ExperimentSpec, TrainingSpec, build_model, seed_vectorisation_problems
 from lotto.train import TrainResult, evaluate, resolve_device, train
 from lotto.vmap import DivergedError, train_seeds
@@ -386,14 +386,15 @@ def _shuffled(kind: str) -> Callable[[_Ticket], BranchStart]:
 @dataclass(frozen=True)
 class Branch:
     """A control branch: how it turns the round's ticket into its network, mask and schedule
-    (run_branch's docstring says what each does), and how the workflow runs it."""
+    (run_branch's docstring says what each does), and whether it trains."""
 
     start: Callable[[_Ticket], BranchStart]
     trained: bool = True  # False: evaluated as it starts, at step 0 only
-    local: bool = True  # reads only its own experiment's files ('transfer' reads another's)
 
 
-# The control branches by name (the schema's branches enum; tests/test_masks_prune.py checks).
+# The control branches by name, in lotto.round_plan.BRANCHES's order: the names the workflow
+# plans without torch, and which are local, are written there (tests/test_masks_prune.py checks
+# both lists and the schema's branches enum agree).
 BRANCH_REGISTRY: dict[str, Branch] = {
     "reinit": Branch(_fresh_init),
     "random_mask": Branch(_random_mask),
@@ -403,12 +404,8 @@ BRANCH_REGISTRY: dict[str, Branch] = {
     "shuffle_weights": Branch(_shuffled("shuffle_weights")),
     "shuffle_mask": Branch(_shuffled("shuffle_mask")),
     "scratch_b": Branch(_scratch_b),
-    "transfer": Branch(_the_ticket, local=False),
+    "transfer": Branch(_the_ticket),
 }
-BRANCHES = tuple(BRANCH_REGISTRY)
-# Branches that read only their own experiment's files (the workflow's control_branch rule);
-# 'transfer' reads another experiment's round and has a rule of its own.
-LOCAL_BRANCHES = tuple(name for name, branch in BRANCH_REGISTRY.items() if branch.local)
 UNTRAINED_BRANCHES = tuple(name for name, branch in BRANCH_REGISTRY.items() if not branch.trained)
 
 
