@@ -91,8 +91,15 @@ def cmd_write_spec(args: argparse.Namespace) -> None:
 
 
 def cmd_prepare_data(args: argparse.Namespace) -> None:
-    from lotto import data
+    from lotto import data, image_folder
 
+    if args.dataset in image_folder.STREAMED:  # an image folder: indexed, never copied
+        from lotto import stream
+
+        if not args.root:
+            raise InvalidValue(f"--root is required for {args.dataset!r}: the folder holding train/ and val/")
+        stream.prepare(args.dataset, args.root, args.out)
+        return
     options = json.loads(args.synthetic) if args.synthetic else None
     data.prepare(args.dataset, args.out, root=args.root, download=args.download, synthetic_options=options)
     print(f"prepared {args.dataset} -> {args.out}", file=sys.stderr)

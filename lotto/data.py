@@ -363,6 +363,10 @@ class Splits:
     input_shape: tuple[int, int, int]
     augment: bool
 
+    @property
+    def device(self) -> torch.device:
+        return self.train_x.device
+
 
 def _read_cache(cache: str | os.PathLike) -> dict[str, Any]:
     data = load_torch(cache)
@@ -415,10 +419,8 @@ def load(
                 f"labels={labels!r} must be a non-empty list of class ids in 0..{num_classes - 1}"
             )
 
-    # indices are drawn on the CPU from split_seed alone, so every device sees the same split
     generator = torch.Generator().manual_seed(split_seed)
-    order = torch.randperm(n, generator=generator)
-    val_idx, train_idx = order[:val_size].sort().values, order[val_size:].sort().values
+    val_idx, train_idx = holdout(n, val_size, generator)
     if half is not None:
         halves = torch.randperm(len(train_idx), generator=generator)
         chosen = halves[: len(halves) // 2] if half == 0 else halves[len(halves) // 2 :]
@@ -452,6 +454,21 @@ def load(
         input_shape=tuple(train_x.shape[1:]),
         augment=info.augment,
     )
+
+
+def holdout(n: int, val_size: int, seed: int | torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sorted (validation, training) positions of `n` training examples: `val_size` held out by a
+    permutation drawn from `seed` alone (on the CPU), so every experiment seed and every device
+    sees the same split. A generator is used as is, and goes on drawing afterwards."""
+    generator = seed if isinstance(seed, torch.Generator) else torch.Generator().manual_seed(seed)
+    order = torch.randperm(n, generator=generator)
+    return order[:val_size].sort().values, order[val_size:].sort().values
+
+
+def epoch_permutation(seed: int, epoch: int, n: int) -> torch.Tensor:
+    """The order in which `seed` visits `n` training examples in `epoch` (on the CPU): a function
+    of (seed, epoch) only, shared by resident (lotto.train.BatchSchedule) and streamed data."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
 
 
 def _channel_histogram(images: torch.Tensor) -> torch.Tensor:

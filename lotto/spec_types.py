@@ -35,6 +35,10 @@ DATASET_FACTS: dict[str, dict[str, Any]] = {
                   "shape": SYNTHETIC_DEFAULTS["shape"], "augment": False},
 }
 
+# Datasets read from image folders batch by batch (lotto.stream), not held in memory.
+STREAMED_DATASETS = ("imagenet", "imagefolder")
+
+
 def _no_hash() -> dict[str, Any]:
     return {"hash": False}
 
@@ -55,15 +59,28 @@ class DatasetSpec:
     half: int | None = None
     augment: bool = False
     synthetic: tuple[tuple[str, Any], ...] | None = None
+    # streamed image folders (lotto.stream; names in STREAMED_DATASETS): input side in pixels, the
+    # evaluation resize before the centre crop, and the class count found in the folder at planning
+    image_size: int = 224
+    resize: int = 256
+    folder_classes: int = 0
+
+    @property
+    def streamed(self) -> bool:
+        return self.name in STREAMED_DATASETS
 
     @property
     def num_classes(self) -> int:
+        if self.streamed:
+            return self.folder_classes
         if self.synthetic:
             return int(dict(self.synthetic)["num_classes"])
         return DATASET_FACTS[self.name]["num_classes"]
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
+        if self.streamed:
+            return (3, self.image_size, self.image_size)
         if self.synthetic:
             return tuple(dict(self.synthetic)["shape"])  # type: ignore[return-value]
         return DATASET_FACTS[self.name]["shape"]
@@ -101,6 +118,9 @@ class TrainingSpec:
     vectorize_seeds: bool = field(default=False, metadata=_execution_only())
     # how a GPU runs the step (replayed from a CUDA graph, lotto.train.Stepper), not what it computes
     cuda_graph: bool = field(default=True, metadata=_execution_only())
+    # DataLoader processes reading a streamed dataset (-1: lotto.stream.auto_workers); every image's
+    # augmentation is a function of (seed, step, position), so the count changes no result
+    loader_workers: int = field(default=-1, metadata=_execution_only())
 
     def lr_at(self, step: int) -> float:
         """The learning rate at iteration `step`: linear warm-up, then multi-step decay."""
@@ -219,7 +239,10 @@ class ExperimentSpec:
 
     @cached_property
     def data_key(self) -> str:
-        """Name of the prepared data file: the dataset, or synthetic-<hash of its options>."""
+        """Name of the prepared data file: the dataset, synthetic-<hash of its options>, or for an
+        image folder <name>-<hash of its absolute root> (its index, lotto.image_folder)."""
+        if self.dataset.streamed:
+            return f"{self.dataset.name}-{hashlib.sha256(str(self.dataset.root).encode()).hexdigest()[:8]}"
         if self.dataset.synthetic is None:
             return self.dataset.name
         text = json.dumps(self.dataset.synthetic, sort_keys=True)
@@ -264,7 +287,8 @@ class ExperimentSpec:
 _ADDED_LATER: dict[str | None, tuple[str, ...]] = {
     None: ("earlybird", "transfer_from"),
     "pruning": ("mask_training",),
-    "training": ("vectorize_seeds", "cuda_graph", "precision"),
+    "training": ("vectorize_seeds", "cuda_graph", "precision", "loader_workers"),
+    "dataset": ("image_size", "resize", "folder_classes"),
 }
 
 
