@@ -35,8 +35,8 @@ from lotto import data as datasets
 from lotto import io, layout, masks, metrics, optimal_masks, prune, stream
 from lotto.errors import InvalidValue
 from lotto.round_plan import BRANCHES, start_point
-from lotto.stream import StreamedData
 from lotto.spec import ExperimentSpec, TrainingSpec, build_model, seed_vectorisation_problems
+from lotto.stream import StreamedData
 from lotto.train import TrainResult, evaluate, resolve_device, train
 from lotto.vmap import DivergedError, train_seeds
 

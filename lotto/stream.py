@@ -124,7 +124,7 @@ def decode(data: list[torch.Tensor], paths: list[Path], device: torch.device) ->
     from torchvision.io import ImageReadMode, decode_jpeg
 
     with warnings.catch_warnings():  # torchvision 0.29 announces TorchCodec on every call
-        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
         try:
             return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
         except RuntimeError:
@@ -169,7 +169,9 @@ class _Files(torch.utils.data.Dataset):
 
         step, position, index = key
         path = self.root / self.files[index]
-        data = read_file(str(path))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # as in decode()
+            data = read_file(str(path))
         if not self.decode_here:
             return data, int(self.labels[index]), key
         return transform([decode([data], [path], torch.device("cpu"))[0]], [key], self.view)[0], \

@@ -107,11 +107,11 @@ def _has_top5(table: pd.DataFrame) -> bool:
 
 def _cells(table: pd.DataFrame, pm: str, escape) -> tuple[list[str], list[dict]]:
     """Header and formatted rows; `group_start` marks where a new (experiment, branch) begins."""
-    several = table.experiment.nunique() > 1
+    several, top5 = table.experiment.nunique() > 1, _has_top5(table)
     header = [escape(name) for name in (["Experiment"] if several else []) + [
         "Branch", "Weights remaining (%)", "Early-stop iteration",
         "Test acc. at early stop (%)", "Final test acc. (%)",
-        *(["Final top-5 acc. (%)"] if (top5 := _has_top5(table)) else []), "Seeds", "Diverged",
+        *(["Final top-5 acc. (%)"] if top5 else []), "Seeds", "Diverged",
     ]]
     rows, previous = [], None
     for row in table.itertuples(index=False):

@@ -153,8 +153,12 @@ def write_image_folder(
     """An image folder in the ImageNet layout, train/<class>/*.JPEG and val/<class>/*.JPEG, of real
     JPEG files (torchvision.io.encode_jpeg) of several (height, width) sizes, each class a tint
     plus noise; returns the class names (WordNet-like ids, sorted)."""
+    import warnings
+
     import torch
     from torchvision.io import encode_jpeg
+
+    warnings.filterwarnings("ignore", "The image decoding", DeprecationWarning)  # torchvision 0.29
 
     generator = torch.Generator().manual_seed(seed)
     names = [f"n{i:08d}" for i in range(classes)]
