@@ -101,7 +101,9 @@ def cmd_prepare_data(args: argparse.Namespace) -> None:
         stream.prepare(args.dataset, args.root, args.out)
         return
     options = json.loads(args.synthetic) if args.synthetic else None
-    data.prepare(args.dataset, args.out, root=args.root, download=args.download, synthetic_options=options)
+    classes = json.loads(args.torchvision) if args.torchvision else None
+    data.prepare(args.dataset, args.out, root=args.root, download=args.download, synthetic_options=options,
+                 torchvision_options=classes)
     print(f"prepared {args.dataset} -> {args.out}", file=sys.stderr)
 
 
@@ -330,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", help="directory holding the raw files")
     p.add_argument("--download", action="store_true", help="let torchvision download missing data")
     p.add_argument("--synthetic", help="JSON options of the synthetic dataset")
+    p.add_argument("--torchvision", help="JSON facts and split arguments of a torchvision:<Class> dataset")
     p.add_argument("--out", required=True)
 
     def training_args(p: argparse.ArgumentParser, several_seeds: bool = False) -> None:

@@ -42,6 +42,7 @@ from lotto.spec_types import (  # noqa: F401 - re-exported: lotto.spec is the pu
     DATASET_FACTS,
     STREAMED_DATASETS,
     SYNTHETIC_DEFAULTS,
+    TORCHVISION_PREFIX,
     DatasetSpec,
     EarlyBirdSpec,
     ExperimentSpec,
@@ -250,6 +251,8 @@ def resolve(doc: Any, source: str = "<experiment>", default_name: str = "experim
 
 def _resolve_dataset(d: dict[str, Any], bad: Any) -> tuple[DatasetSpec, int]:
     """The dataset section, and the size of its training split (validation included)."""
+    if "torchvision" in d and not d["name"].startswith(TORCHVISION_PREFIX):
+        bad("dataset.torchvision", f"only with dataset.name: {TORCHVISION_PREFIX}<Class>, not {d['name']!r}")
     synthetic = None
     if d["name"] == "synthetic":
         merged = {**SYNTHETIC_DEFAULTS, **d.get("synthetic", {})}
@@ -261,6 +264,8 @@ def _resolve_dataset(d: dict[str, Any], bad: Any) -> tuple[DatasetSpec, int]:
                 f"{MAX_SYNTHETIC_VALUES} (1 GiB of float32, held in memory); make it smaller")
     elif d["name"] in STREAMED_DATASETS:
         return _resolve_streamed(d, bad)
+    elif d["name"].startswith(TORCHVISION_PREFIX):
+        return _resolve_torchvision(d, bad)
     else:
         if "synthetic" in d:
             bad("dataset.synthetic", f"only allowed with dataset.name: synthetic, not {d['name']!r}")
@@ -285,6 +290,32 @@ def _resolve_dataset(d: dict[str, Any], bad: Any) -> tuple[DatasetSpec, int]:
         if label >= dataset.num_classes:
             bad("dataset.labels", f"{label} is not a class; allowed: 0..{dataset.num_classes - 1}")
     return dataset, train_size
+
+
+def _resolve_torchvision(d: dict[str, Any], bad: Any) -> tuple[DatasetSpec, int]:
+    """A torchvision dataset class: planning cannot import torchvision, so the section states the
+    facts (checked against the files by the prepare job) and each split's keyword arguments."""
+    name, options = d["name"], d["torchvision"]  # required by the schema
+    for key in ("synthetic", "image_size", "resize"):
+        if key in d:
+            bad(f"dataset.{key}", f"not available for {name!r}")
+    if d.get("download"):
+        bad("dataset.download", f"lotto reads {name!r} from its files in dataset.root; allowed: false")
+    if not d.get("root"):
+        bad("dataset.root", f"required for {name!r}: the folder torchvision's class reads")
+    val_size = d.get("val_size", DatasetSpec.val_size)
+    merged = {"train": {"train": True}, "test": {"train": False}, **options}
+    if val_size >= merged["train_size"]:
+        bad("dataset.val_size", f"{val_size} leaves no training data; allowed: < {merged['train_size']}")
+    facts = tuple(sorted((k, tuple(sorted(v.items())) if isinstance(v, dict) else tuple(v) if isinstance(v, list)
+                          else v) for k, v in merged.items()))
+    dataset = DatasetSpec(name=name, root=d.get("root"), val_size=val_size, augment=bool(d.get("augment")),
+                          labels=tuple(d["labels"]) if d.get("labels") else None,
+                          half=d.get("half", DatasetSpec.half), torchvision=facts)
+    for label in dataset.labels or ():
+        if label >= dataset.num_classes:
+            bad("dataset.labels", f"{label} is not a class; allowed: 0..{dataset.num_classes - 1}")
+    return dataset, merged["train_size"]
 
 
 def _resolve_streamed(d: dict[str, Any], bad: Any) -> tuple[DatasetSpec, int]:

@@ -37,6 +37,9 @@ DATASET_FACTS: dict[str, dict[str, Any]] = {
 
 # Datasets read from image folders batch by batch (lotto.stream), not held in memory.
 STREAMED_DATASETS = ("imagenet", "imagefolder")
+# dataset.name 'torchvision:<Class>': any classification dataset class of torchvision.datasets,
+# read through it from its files and held in memory like MNIST (lotto.data.prepare)
+TORCHVISION_PREFIX = "torchvision:"
 
 
 def _no_hash() -> dict[str, Any]:
@@ -64,6 +67,13 @@ class DatasetSpec:
     image_size: int = 224
     resize: int = 256
     folder_classes: int = 0
+    # a torchvision dataset class (name 'torchvision:<Class>'): its facts and the keyword arguments
+    # of each split, as sorted (key, value) pairs (lotto.spec._resolve_torchvision)
+    torchvision: tuple[tuple[str, Any], ...] | None = None
+
+    def torchvision_options(self) -> dict[str, Any]:
+        """`torchvision` as plain JSON-ready values (the splits' arguments as dicts)."""
+        return {k: dict(v) if k in ("train", "test") else v for k, v in (self.torchvision or ())}
 
     @property
     def streamed(self) -> bool:
@@ -73,6 +83,8 @@ class DatasetSpec:
     def num_classes(self) -> int:
         if self.streamed:
             return self.folder_classes
+        if self.torchvision:
+            return int(dict(self.torchvision)["num_classes"])
         if self.synthetic:
             return int(dict(self.synthetic)["num_classes"])
         return DATASET_FACTS[self.name]["num_classes"]
@@ -81,6 +93,8 @@ class DatasetSpec:
     def input_shape(self) -> tuple[int, int, int]:
         if self.streamed:
             return (3, self.image_size, self.image_size)
+        if self.torchvision:
+            return tuple(dict(self.torchvision)["shape"])  # type: ignore[return-value]
         if self.synthetic:
             return tuple(dict(self.synthetic)["shape"])  # type: ignore[return-value]
         return DATASET_FACTS[self.name]["shape"]
@@ -243,6 +257,10 @@ class ExperimentSpec:
         image folder <name>-<hash of its absolute root> (its index, lotto.image_folder)."""
         if self.dataset.streamed:
             return f"{self.dataset.name}-{hashlib.sha256(str(self.dataset.root).encode()).hexdigest()[:8]}"
+        if self.dataset.torchvision is not None:
+            text = json.dumps(self.dataset.torchvision, sort_keys=True)
+            cls = self.dataset.name.removeprefix(TORCHVISION_PREFIX)
+            return f"torchvision-{cls}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
         if self.dataset.synthetic is None:
             return self.dataset.name
         text = json.dumps(self.dataset.synthetic, sort_keys=True)
@@ -250,7 +268,12 @@ class ExperimentSpec:
 
     @cached_property
     def dense_key(self) -> str:
-        return _hash({"dataset": self.dataset, "model": self.model, "training": self.training})
+        return _hash(self._data_parts({"dataset": self.dataset, "model": self.model, "training": self.training}))
+
+    def _data_parts(self, parts: dict[str, Any]) -> dict[str, Any]:
+        """`parts`, plus for an image folder its data_key: its root is which data, not only where
+        the files lie, so two folders never share round 0. (Other datasets' keys stay as they were.)"""
+        return {**parts, "data": self.data_key} if self.dataset.streamed else parts
 
     @cached_property
     def recipe_key(self) -> str:
@@ -263,7 +286,7 @@ class ExperimentSpec:
         }
         if self.earlybird is not None:  # only then: the keys of IMP experiments stay as they were
             parts["earlybird"] = self.earlybird
-        return _hash(parts)
+        return _hash(self._data_parts(parts))
 
     def to_dict(self) -> dict[str, Any]:
         plain = json.loads(json.dumps(dataclasses.asdict(self)))
@@ -288,7 +311,7 @@ _ADDED_LATER: dict[str | None, tuple[str, ...]] = {
     None: ("earlybird", "transfer_from"),
     "pruning": ("mask_training",),
     "training": ("vectorize_seeds", "cuda_graph", "precision", "loader_workers"),
-    "dataset": ("image_size", "resize", "folder_classes"),
+    "dataset": ("image_size", "resize", "folder_classes", "torchvision"),
 }
 
 
@@ -330,7 +353,7 @@ def _hash(parts: dict[str, Any]) -> str:
                 out[f.name] = value
         return out
 
-    plain = {k: non_default(v) for k, v in parts.items()}
+    plain = {k: non_default(v) if dataclasses.is_dataclass(v) else v for k, v in parts.items()}
     text = json.dumps(plain, sort_keys=True, default=_plain_value)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 

@@ -173,3 +173,13 @@ def write_image_folder(
                 image = (tint + noise).to(torch.uint8)
                 (directory / f"{name}_{i}.JPEG").write_bytes(encode_jpeg(image, quality=90).numpy().tobytes())
     return names
+
+
+def write_kmnist(root: Path, *, n_train: int = 30, n_test: int = 10, seed: int = 0) -> dict[str, np.ndarray]:
+    """KMNIST's four IDX files where torchvision.datasets.KMNIST reads them: root/KMNIST/raw/."""
+    arrays = random_split(n_train, n_test, (1, 28, 28), 10, seed)
+    raw = root / "KMNIST" / "raw"
+    for prefix, split in (("train", "train"), ("t10k", "test")):
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", arrays[f"{split}_x"][:, 0], compress=False)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", arrays[f"{split}_y"], compress=False)
+    return arrays

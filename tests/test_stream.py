@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from fixtures import write_image_folder
+from fixtures import write_image_folder, write_kmnist
 
-from lotto import image_folder, masks, metrics, models, stream, tables
-from lotto.io import CorruptFileError
+from lotto import data, image_folder, masks, metrics, models, rounds, stream, tables
+from lotto.errors import UserError
+from lotto.io import CorruptFileError, load_torch
 from lotto.spec import SpecError, resolve
 from lotto.spec_types import TrainingSpec
 from lotto.train import TOP5_MIN_CLASSES, evaluate_streamed, train
@@ -92,9 +95,9 @@ def test_a_jpeg_damaged_inside_fails_naming_the_file(tmp_path):
     bad = root / "val/n00000001/n00000001_0.JPEG"
     bad.write_bytes(bad.read_bytes()[:40])  # a JPEG header, then nothing
     stream.prepare("imagefolder", root, tmp_path / "index.pt")
-    data = _load(tmp_path / "index.pt", val_size=0)
+    streamed = _load(tmp_path / "index.pt", val_size=0)
     with pytest.raises(CorruptFileError, match="n00000001_0.JPEG: not a decodable JPEG"):
-        data.test_x[:2]
+        streamed.test_x[:2]
 
 
 # --- batch order and augmentation -----------------------------------------------------------------
@@ -261,7 +264,9 @@ def test_spec_of_an_image_folder_counts_its_classes_and_images(folder):
     assert spec.dataset.num_classes == 12 and spec.dataset.input_shape == (3, 32, 32)
     assert spec.training.duration == 2 * (100 // 16)
     assert spec.dataset.augment is True and spec.data_key.startswith("imagefolder-")
-    assert dataclasses.replace(spec.dataset, root="/elsewhere") != spec.dataset
+    elsewhere = dataclasses.replace(spec, dataset=dataclasses.replace(spec.dataset, root="/elsewhere"))
+    assert elsewhere.data_key != spec.data_key and elsewhere.dense_key != spec.dense_key
+    assert elsewhere.recipe_key != spec.recipe_key
 
 
 def test_resident_dataset_specs_keep_their_hashes_and_files():
@@ -302,3 +307,55 @@ def test_spec_refuses_what_needs_resident_data(folder):
         resolve(doc)
     for key in ("training.vectorize_seeds", "pruning.criterion", "branches: 'supermask'"):
         assert key in str(err.value)
+
+
+# --- a torchvision dataset class ------------------------------------------------------------------
+
+
+def _kmnist_doc(root, **facts):
+    return {
+        "dataset": {"name": "torchvision:KMNIST", "root": str(root), "val_size": 5,
+                    "torchvision": {"num_classes": 10, "shape": [1, 28, 28], "train_size": 30, **facts}},
+        "model": {"name": "lenet_300_100"},
+        "training": {"optimizer": "adam", "lr": 1e-3, "batch_size": 5, "duration": "1ep"},
+    }
+
+
+def test_a_torchvision_dataset_class_is_read_from_its_real_files(tmp_path):
+    arrays = write_kmnist(tmp_path)
+    spec = resolve(_kmnist_doc(tmp_path))
+    assert spec.dataset.num_classes == 10 and spec.dataset.input_shape == (1, 28, 28)
+    assert spec.training.duration == 5 and spec.data_key.startswith("torchvision-KMNIST-")
+    out = tmp_path / "results" / "data" / f"{spec.data_key}.pt"
+    data.prepare(spec.dataset.name, out, root=tmp_path, torchvision_options=spec.dataset.torchvision_options())
+    splits = rounds.load_data(spec, out, CPU)
+    assert len(splits.train_x) == 25 and len(splits.val_x) == 5 and len(splits.test_x) == 10
+    cache = load_torch(out)
+    assert np.array_equal(cache["train_x"][:, 0].numpy(), arrays["train_x"][:, 0])
+    assert np.array_equal(cache["test_y"].numpy(), arrays["test_y"])
+
+
+@pytest.mark.parametrize("name, facts, message", [
+    ("torchvision:Kmnist", {}, "torchvision.datasets has no dataset class 'Kmnist'"),
+    ("torchvision:KMNIST", {"shape": [3, 28, 28]}, "a torch.uint8 image of shape (1, 28, 28); "
+     "dataset.torchvision.shape says uint8 [3, 28, 28]"),
+    ("torchvision:KMNIST", {"train_size": 31}, "set dataset.torchvision.train_size: 30"),
+    ("torchvision:EMNIST", {}, "**{'train': True}) failed"),
+])  # fmt: skip
+def test_torchvision_class_errors(tmp_path, name, facts, message):
+    write_kmnist(tmp_path)
+    options = {"num_classes": 10, "shape": [1, 28, 28], "train_size": 30, **facts}
+    with pytest.raises(UserError, match=re.escape(message)):
+        data.prepare(name, tmp_path / "out.pt", root=tmp_path, torchvision_options=options)
+    assert not (tmp_path / "out.pt").exists()
+
+
+def test_torchvision_spec_needs_its_facts(tmp_path):
+    doc = _kmnist_doc(tmp_path)
+    del doc["dataset"]["torchvision"]
+    with pytest.raises(SpecError, match="dataset: missing required key 'torchvision'"):
+        resolve(doc)
+    doc = _kmnist_doc(tmp_path)
+    doc["dataset"]["name"] = "torchvision:../../etc"
+    with pytest.raises(SpecError, match="dataset.name"):
+        resolve(doc)
