@@ -19,12 +19,13 @@ setting (the CPU check of the script, not a measurement).
 from __future__ import annotations
 
 import argparse
+import gc
 import shutil
 import warnings
 from pathlib import Path
 
 import torch
-from common import Clock, header, markdown_table, median, spread, sync, target, time_call
+from common import Clock, header, markdown_table, median, spread, target, time_call
 
 from lotto import stream
 
@@ -52,13 +53,15 @@ def write_jpegs(root: Path, count: int, width: int, height: int, classes: int = 
     marker.touch()
 
 
-def lotto_batches(index: Path, device: torch.device, workers: int, size: int, on_device: bool | None):
+def lotto_source(index: Path, batch: int, device: torch.device, workers: int, size: int, on_device: bool | None):
+    """lotto's streamed path: a function returning the next training batch (step by step)."""
     data = stream.load(index, val_size=0, image_size=size, resize=size * 8 // 7, augment=True, device=device,
                        workers=workers, decode_on_device=on_device)
-    return data.batches
+    batches, steps = data.batches(batch, seed=0), iter(range(10**9))
+    return lambda: batches(next(steps))
 
 
-def reference_loader(root: Path, batch: int, workers: int, size: int, device: torch.device):
+def reference_source(root: Path, batch: int, device: torch.device, workers: int, size: int):
     """The plain loop: torchvision's ImageFolder (PIL decoding) and a shuffling DataLoader."""
     from torchvision import datasets, transforms
 
@@ -76,40 +79,62 @@ def reference_loader(root: Path, batch: int, workers: int, size: int, device: to
             for x, y in loader:
                 yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
-    return endless()
+    return endless().__next__
+
+
+def images_per_second(make_source, consume, args, device: torch.device, clock: Clock) -> float:
+    """One repeat on a fresh pipeline: warm-up batches (worker start and the first burst of
+    batches the workers made while nothing was consumed: 2 per worker), then args.batches
+    timed. Each loop's workers end before the next loop runs, so none prefetches while another
+    is timed."""
+    pipeline = [make_source()]
+    for _ in range(max(2, 2 * args.workers)):
+        consume(*pipeline[0]())
+
+    def run():
+        for _ in range(args.batches):
+            consume(*pipeline[0]())
+
+    seconds = time_call(run, device, clock)
+    pipeline.clear()  # ends this pipeline's worker processes
+    gc.collect()
+    return args.batches * args.batch / seconds
+
+
+def measure(sources: dict, consume, args, device: torch.device, clock: Clock) -> dict[str, list[float]]:
+    """images/s of each source, args.repeats times, the sources interleaved repeat by repeat."""
+    rates = {name: [] for name in sources}
+    for _ in range(args.repeats):
+        for name, make_source in sources.items():
+            rates[name].append(images_per_second(make_source, consume, args, device, clock))
+    return rates
+
+
+def ratio(a: list[float], b: list[float]) -> float:
+    return median([x / y for x, y in zip(a, b, strict=True)])
+
+
+def settings(args) -> str:
+    return (f"{args.repeats} repeats of {args.batches} timed batches of {args.batch} at {args.size} px (after "
+            f"{max(2, 2 * args.workers)} warm-up batches, on a fresh pipeline each), {args.workers} loader "
+            f"worker(s) each, from {args.images} JPEGs of {args.width}x{args.height}")
 
 
 def cpu_part(args, index: Path, device: torch.device, clock: Clock) -> None:
-    step = 0
-    lotto_next = lotto_batches(index, device, args.workers, args.size, None)(args.batch, seed=0)
-    plain = reference_loader(args.dir, args.batch, args.workers, args.size, device)
-
-    def run_lotto():
-        nonlocal step
-        for _ in range(args.batches):
-            lotto_next(step)
-            step += 1
-
-    def run_plain():
-        for _ in range(args.batches):
-            next(plain)
-
-    run_lotto(), run_plain()  # warm-up: worker start, first files in the page cache
-    times = {"lotto": [], "plain": []}
-    for _ in range(args.repeats):
-        times["lotto"].append(time_call(run_lotto, device, clock))
-        times["plain"].append(time_call(run_plain, device, clock))
-    images = args.batches * args.batch
-    rates = {k: [images / t for t in v] for k, v in times.items()}
-    ratios = [a / b for a, b in zip(rates["lotto"], rates["plain"], strict=True)]
+    common = (args.batch, device, args.workers, args.size)
+    sources = {
+        "lotto streamed (decode in workers)": lambda: lotto_source(index, *common, None),
+        "torchvision ImageFolder + DataLoader": lambda: reference_source(args.dir, *common),
+    }
+    rates = measure(sources, lambda x, y: None, args, device, clock)
+    lotto, plain = rates.values()
     print(markdown_table(
         ["loop", "images/s (median, min-max)", "ratio to ImageFolder (median)"],
-        [["lotto streamed (decode in workers)", spread(rates["lotto"]), f"{median(ratios):.2f}"],
-         ["torchvision ImageFolder + DataLoader", spread(rates["plain"]), "1.00"]],
+        [["lotto streamed (decode in workers)", spread(lotto), f"{ratio(lotto, plain):.2f}"],
+         ["torchvision ImageFolder + DataLoader", spread(plain), "1.00"]],
     ))  # fmt: skip
-    print(f"\n{args.repeats} repeats of {args.batches} batches of {args.batch} at {args.size} px, "
-          f"{args.workers} worker(s) each, from {args.images} JPEGs of {args.width}x{args.height}")
-    print(target("lotto streamed / ImageFolder (CPU)", median(ratios), 1.0))
+    print(f"\n{settings(args)}")
+    print(target("lotto streamed / ImageFolder (CPU)", ratio(lotto, plain), 1.0))
 
 
 def train_part(args, index: Path, device: torch.device, clock: Clock) -> None:
@@ -125,49 +150,23 @@ def train_part(args, index: Path, device: torch.device, clock: Clock) -> None:
         loss.backward()
         optimizer.step()
 
-    resident_x = torch.randn(args.batch, 3, args.size, args.size, device=device)
-    resident = (resident_x.contiguous(memory_format=torch.channels_last),
-                torch.randint(0, 1000, (args.batch,), device=device))
-    counters = {"step": 0}
+    resident = (torch.randn(args.batch, 3, args.size, args.size, device=device)
+                .contiguous(memory_format=torch.channels_last), torch.randint(0, 1000, (args.batch,), device=device))
+    common = (args.batch, device, args.workers, args.size)
     sources = {
-        "(a) data on the device": lambda: resident,
-        "(b) lotto streamed, decode on the device": lotto_batches(index, device, args.workers, args.size, None)
-        (args.batch, seed=0),
-        "(b') lotto streamed, decode in workers": lotto_batches(index, device, args.workers, args.size, False)
-        (args.batch, seed=0),
-        "(c) ImageFolder + DataLoader": reference_loader(args.dir, args.batch, args.workers, args.size, device),
+        "(a) data on the device": lambda: lambda: resident,
+        "(b) lotto streamed, decode on the device": lambda: lotto_source(index, *common, None),
+        "(b') lotto streamed, decode in workers": lambda: lotto_source(index, *common, False),
+        "(c) ImageFolder + DataLoader": lambda: reference_source(args.dir, *common),
     }
-
-    def batch_of(name):
-        source = sources[name]
-        if name.startswith("(a)"):
-            return source()
-        if name.startswith("(c)"):
-            return next(source)
-        counters["step"] += 1
-        return source(counters["step"])
-
-    def run(name):
-        for _ in range(args.batches):
-            train_step(*batch_of(name))
-
-    for name in sources:  # warm-up: cuDNN's algorithm search, workers, page cache
-        run(name)
-    sync(device)
-    rates = {name: [] for name in sources}
-    for _ in range(args.repeats):
-        for name in sources:
-            rates[name].append(args.batches * args.batch / time_call(lambda n=name: run(n), device, clock))
+    rates = measure(sources, train_step, args, device, clock)
     limit = rates["(a) data on the device"]
-    rows = [[name, spread(r), f"{median([x / a for x, a in zip(r, limit, strict=True)]):.2f}"]
-            for name, r in rates.items()]
-    print(markdown_table(["ResNet-50 training, bf16, channels_last", "images/s (median, min-max)",
-                          "ratio to (a)"], rows))
-    print(f"\n{args.repeats} repeats of {args.batches} steps of batch {args.batch} at {args.size} px, "
-          f"{args.workers} loader worker(s), {args.images} JPEGs of {args.width}x{args.height}")
+    print(markdown_table(["ResNet-50 training, bf16, channels_last", "images/s (median, min-max)", "ratio to (a)"],
+                         [[name, spread(r), f"{ratio(r, limit):.2f}"] for name, r in rates.items()]))
+    print(f"\n{settings(args)}")
     b, c = rates["(b) lotto streamed, decode on the device"], rates["(c) ImageFolder + DataLoader"]
-    print(target("(b) / (a)", median([x / a for x, a in zip(b, limit, strict=True)]), 0.9))
-    print(target("(b) / (c)", median([x / y for x, y in zip(b, c, strict=True)]), 1.0))
+    print(target("(b) / (a)", ratio(b, limit), 0.9))
+    print(target("(b) / (c)", ratio(b, c), 1.0))
 
 
 def main() -> None:
@@ -181,7 +180,7 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=375)
     parser.add_argument("--size", type=int, help="input side in pixels (default 224)")
     parser.add_argument("--batch", type=int, help="images per batch (default 32; --train 256)")
-    parser.add_argument("--batches", type=int, help="batches per repeat (default 6; --train 10)")
+    parser.add_argument("--batches", type=int, help="timed batches per repeat (default 8; --train 20)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--workers", type=int, default=stream.auto_workers(),
                         help="loader worker processes for both loops (default: lotto's auto count)")
@@ -189,8 +188,8 @@ def main() -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
     tiny = {"images": 40, "size": 64, "batch": 8, "batches": 2, "repeats": 1}
-    defaults = {"images": 8000, "size": 224, "batch": 256, "batches": 10} if args.train else \
-        {"images": 400, "size": 224, "batch": 32, "batches": 6}
+    defaults = {"images": 8000, "size": 224, "batch": 256, "batches": 20} if args.train else \
+        {"images": 400, "size": 224, "batch": 32, "batches": 8}
     for key, value in (tiny if args.quick else defaults).items():
         if key == "repeats" or getattr(args, key) is None:
             setattr(args, key, value)
