@@ -359,3 +359,11 @@ def test_torchvision_spec_needs_its_facts(tmp_path):
     doc["dataset"]["name"] = "torchvision:../../etc"
     with pytest.raises(SpecError, match="dataset.name"):
         resolve(doc)
+
+
+def test_gpu_memory_estimate_counts_no_resident_images_for_a_folder(folder, tmp_path):
+    from lotto import gpu_memory
+
+    assert gpu_memory._examples(resolve(_doc(folder[0]))) == 0
+    write_kmnist(tmp_path)
+    assert gpu_memory._examples(resolve(_kmnist_doc(tmp_path))) == 2 * 30
