@@ -331,7 +331,9 @@ def _resolve_streamed(d: dict[str, Any], bad: Any) -> tuple[DatasetSpec, int]:
     if resize < image_size:
         bad("dataset.resize", f"{resize} is smaller than image_size {image_size}; the centre crop needs resize >= image_size")
     val_size = d.get("val_size", DatasetSpec.val_size)
-    root, classes, train_size = d.get("root"), 0, val_size + 1
+    # until the folder is read: stand-ins that let the other sections be checked without follow-on
+    # errors (a spec with a folder problem is refused anyway)
+    root, classes, train_size = d.get("root"), 2, val_size + 1
     if not root:
         bad("dataset.root", f"required for {name!r}: the folder holding train/<class>/*.JPEG and val/<class>/*.JPEG")
     else:

@@ -246,7 +246,8 @@ class Reader:
         files = _Files(self.root, self.files, self.labels, self.view, decode_here=not self.decode_on_device)
         return torch.utils.data.DataLoader(
             files, batch_sampler=batch_sampler, num_workers=self.workers, collate_fn=_collate,
-            pin_memory=self.device.type == "cuda", persistent_workers=self.workers > 0,
+            # pinned: the uint8 batches cross to the device asynchronously (file bytes decoded there need not)
+            pin_memory=self.device.type == "cuda" and not self.decode_on_device, persistent_workers=self.workers > 0,
             prefetch_factor=4 if self.workers > 0 else None,
         )
 

@@ -44,3 +44,20 @@ def test_image_folder_study_through_the_default_target(tmp_path):
     for kind in ("accuracy", "early_stop", "curves"):
         assert (work.results / "figures" / "folder" / f"{kind}.png").read_bytes()[:4] == b"\x89PNG"
     assert (work.results / "report.html").is_file()
+
+
+def test_a_missing_or_empty_folder_is_refused_before_any_job(tmp_path):
+    """Planning reads the folder's classes: a wrong root or an empty class folder stops Snakemake
+    with the key and the folder named, and nothing under results/ is written (~10-20 s: two plans)."""
+    folder = tmp_path / "images"
+    write_image_folder(folder, classes=3, train_per_class=2, test_per_class=1)
+    (folder / "train" / "n00000007").mkdir()
+    work = Workdir(tmp_path / "work")
+    for root, message in ((tmp_path / "nowhere", "no such folder"),
+                          (folder, "n00000007: no .jpg/.jpeg images in this class folder")):
+        doc = {**EXPERIMENT, "dataset": {**EXPERIMENT["dataset"], "root": str(root), "val_size": 1}}
+        work.write_config([work.write_experiment("folder", doc)])
+        run = work.snakemake("-n")
+        assert run.returncode != 0 and "folder.yaml: dataset.root: " in run.output and message in run.output
+        assert "num_classes" not in run.output  # no follow-on errors of the unread folder
+    assert not work.results.exists()
