@@ -291,6 +291,12 @@ def test_spec_errors_for_image_folders(folder, change, message):
         resolve(_doc(folder[0], **change))
 
 
+def test_an_unreadable_folder_reports_only_its_own_error():
+    with pytest.raises(SpecError) as err:
+        resolve(_doc("/no/such/folder"))
+    assert str(err.value) == "<experiment>: dataset.root: dataset.root '/no/such/folder': no such folder"
+
+
 def test_spec_refuses_an_empty_class_folder_before_any_job(tmp_path):
     write_image_folder(tmp_path, classes=3, train_per_class=2, test_per_class=1)
     (tmp_path / "train" / "n00000003").mkdir()

@@ -1,7 +1,8 @@
 """A study on an image folder through Snakemake's default target: the folder indexed by the
 prepare job (never copied), round 0 and a pruned round of conv2 read from JPEG files, metrics
 with top-5 accuracy, and the figures, table and report. The folder's name holds a space and a
-quote, which reach the job only quoted. Cost: ~35 s (9 jobs on 2 cores)."""
+quote, which reach the job only quoted. Cost: ~45 s on an idle 2-core machine (9 jobs), ~75 s
+under load; the refusal test ~10 s."""
 
 from __future__ import annotations
 
@@ -46,18 +47,17 @@ def test_image_folder_study_through_the_default_target(tmp_path):
     assert (work.results / "report.html").is_file()
 
 
-def test_a_missing_or_empty_folder_is_refused_before_any_job(tmp_path):
-    """Planning reads the folder's classes: a wrong root or an empty class folder stops Snakemake
-    with the key and the folder named, and nothing under results/ is written (~10-20 s: two plans)."""
+def test_an_empty_class_folder_is_refused_before_any_job(tmp_path):
+    """Planning reads the folder's classes: an empty class folder stops Snakemake with the key and
+    the folder named, and nothing under results/ is written (a missing folder: test_stream). ~10 s."""
     folder = tmp_path / "images"
     write_image_folder(folder, classes=3, train_per_class=2, test_per_class=1)
     (folder / "train" / "n00000007").mkdir()
     work = Workdir(tmp_path / "work")
-    for root, message in ((tmp_path / "nowhere", "no such folder"),
-                          (folder, "n00000007: no .jpg/.jpeg images in this class folder")):
-        doc = {**EXPERIMENT, "dataset": {**EXPERIMENT["dataset"], "root": str(root), "val_size": 1}}
-        work.write_config([work.write_experiment("folder", doc)])
-        run = work.snakemake("-n")
-        assert run.returncode != 0 and "folder.yaml: dataset.root: " in run.output and message in run.output
-        assert "num_classes" not in run.output  # no follow-on errors of the unread folder
+    doc = {**EXPERIMENT, "dataset": {**EXPERIMENT["dataset"], "root": str(folder), "val_size": 1}}
+    work.write_config([work.write_experiment("folder", doc)])
+    run = work.snakemake("-n")
+    assert run.returncode != 0
+    assert "folder.yaml: dataset.root: " in run.output and "n00000007: no .jpg/.jpeg images in this class folder" \
+        in run.output
     assert not work.results.exists()
