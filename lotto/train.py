@@ -3,7 +3,7 @@ lotto.vmap.train_seeds for several seeds at once).
 
 A training starts from given weights under a mask, at a given point of the LR schedule,
 for a given number of iterations. Batches are index gathers from tensors already on the
-device; the batch order depends only on (seed, global step), so a round replayed from
+device, or read from image files (lotto.stream); the batch order depends only on (seed, global step), so a round replayed from
 the same start reproduces the same trajectory and a resumed round continues exactly.
 Pruned weights are zeroed right after every optimizer step (not by forward hooks), so
 they stay exactly zero whatever the optimizer's state. The host is synchronised only at
@@ -329,9 +329,9 @@ class TrainingLoop:
 
     What is trained is given by a few callables, so the core never sees a model:
     - `forward(x, y)` -> (mean loss per run: a scalar or one per seed, logits with the classes last);
-    - `batches(global_step)` -> (inputs, labels) on the device. Today an index gather from
-      resident tensors (BatchSchedule); a streamed loader (issue 15) is another such callable,
-      prefetching the batch of the next step while this one runs;
+    - `batches(global_step)` -> (inputs, labels) on the device: an index gather from resident
+      tensors (BatchSchedule), or files read, decoded and augmented by DataLoader workers that
+      prefetch the next steps' batches (lotto.stream.StreamedBatches);
     - `evaluate_split(x, y)` -> (loss, accuracy) per run over a whole split;
     - `state_of()` -> a copy of the weights (snapshots and the last good state).
     Training in several processes (issue 16) plugs in here too: each process's `batches` yields
