@@ -91,10 +91,19 @@ def cmd_write_spec(args: argparse.Namespace) -> None:
 
 
 def cmd_prepare_data(args: argparse.Namespace) -> None:
-    from lotto import data
+    from lotto import data, image_folder
 
+    if args.dataset in image_folder.STREAMED:  # an image folder: indexed, never copied
+        from lotto import stream
+
+        if not args.root:
+            raise InvalidValue(f"--root is required for {args.dataset!r}: the folder holding train/ and val/")
+        stream.prepare(args.dataset, args.root, args.out)
+        return
     options = json.loads(args.synthetic) if args.synthetic else None
-    data.prepare(args.dataset, args.out, root=args.root, download=args.download, synthetic_options=options)
+    classes = json.loads(args.torchvision) if args.torchvision else None
+    data.prepare(args.dataset, args.out, root=args.root, download=args.download, synthetic_options=options,
+                 torchvision_options=classes)
     print(f"prepared {args.dataset} -> {args.out}", file=sys.stderr)
 
 
@@ -323,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", help="directory holding the raw files")
     p.add_argument("--download", action="store_true", help="let torchvision download missing data")
     p.add_argument("--synthetic", help="JSON options of the synthetic dataset")
+    p.add_argument("--torchvision", help="JSON facts and split arguments of a torchvision:<Class> dataset")
     p.add_argument("--out", required=True)
 
     def training_args(p: argparse.ArgumentParser, several_seeds: bool = False) -> None:

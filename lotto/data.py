@@ -24,7 +24,7 @@ import torch
 
 from lotto.errors import InvalidValue, UserError
 from lotto.io import CorruptFileError, load_torch, save_torch
-from lotto.spec_types import DATASET_FACTS, SYNTHETIC_DEFAULTS
+from lotto.spec_types import DATASET_FACTS, SYNTHETIC_DEFAULTS, TORCHVISION_PREFIX
 
 SYSTEM_DATA_DIR = Path("/usr/share/datasets")
 _IDX_FILES = (
@@ -267,8 +267,13 @@ def prepare(
     root: str | os.PathLike | None = None,
     download: bool = False,
     synthetic_options: dict[str, Any] | None = None,
+    torchvision_options: dict[str, Any] | None = None,
 ) -> None:
-    """Read dataset `name` once and write its tensor cache to `out` (atomically, checksummed)."""
+    """Read dataset `name` once and write its tensor cache to `out` (atomically, checksummed).
+    A name 'torchvision:<Class>' is read through that class with `torchvision_options`."""
+    if name.startswith(TORCHVISION_PREFIX):
+        save_torch(out, _read_torchvision_class(name, root, torchvision_options or {}))
+        return
     info = dataset_info(name)
     if info.torchvision_class is None:
         cache = _make_synthetic(**_synthetic_settings(synthetic_options))
@@ -305,6 +310,54 @@ def _read_torchvision(info: DatasetInfo, base: Path) -> dict[str, Any]:
         images = images.unsqueeze(1) if images.ndim == 3 else images.permute(0, 3, 1, 2)
         cache[f"{split}_x"] = images.contiguous()
         cache[f"{split}_y"] = torch.as_tensor(ds.targets, dtype=torch.int64)
+    return cache
+
+
+def _read_torchvision_class(name: str, root: str | os.PathLike | None, options: dict[str, Any]) -> dict[str, Any]:
+    """Both splits of a torchvision dataset class, each built with its keyword arguments from
+    `options` ('train', 'test'), checked against the stated num_classes, shape and train_size."""
+    import torchvision.datasets
+    from torchvision.transforms.v2.functional import pil_to_tensor
+
+    class_name = name.removeprefix(TORCHVISION_PREFIX)
+    cls = getattr(torchvision.datasets, class_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, torch.utils.data.Dataset)):
+        known = sorted(n for n in dir(torchvision.datasets) if n[:1].isupper())
+        raise InvalidValue(f"dataset {name!r}: torchvision.datasets has no dataset class {class_name!r}; "
+                           f"it has: {', '.join(known)}")
+    missing = [k for k in ("num_classes", "shape", "train_size") if k not in options]
+    if missing:
+        raise InvalidValue(f"dataset {name!r}: torchvision options lack {', '.join(missing)}")
+    if root is None or not Path(root).is_dir():
+        raise DataNotFoundError(f"dataset {name!r}: dataset.root {root!r} is not a folder; give the folder "
+                                f"torchvision.datasets.{class_name} reads its files from")
+    shape, num_classes = tuple(options["shape"]), int(options["num_classes"])
+    cache: dict[str, Any] = {"name": name, "num_classes": num_classes}
+    for split, default in (("train", {"train": True}), ("test", {"train": False})):
+        kwargs = dict(options.get(split, default))
+        try:
+            ds = cls(str(root), **kwargs)
+        except (RuntimeError, OSError, ValueError, TypeError) as err:  # torchvision's "not found" is a RuntimeError
+            raise DataNotFoundError(f"torchvision.datasets.{class_name}({str(root)!r}, **{kwargs}) failed: {err}. "
+                                    "Put the dataset's files where that class looks for them under dataset.root, "
+                                    "or fix the split's arguments (dataset.torchvision.train/test)") from err
+        images, labels = [], []
+        for i in range(len(ds)):
+            image, label = ds[i]
+            image = pil_to_tensor(image) if not isinstance(image, torch.Tensor) else image
+            if tuple(image.shape) != shape or image.dtype != torch.uint8:
+                raise InvalidValue(f"{name} {split} example {i}: a {image.dtype} image of shape {tuple(image.shape)}; "
+                                   f"dataset.torchvision.shape says uint8 {list(shape)}")
+            images.append(image)
+            labels.append(int(label))
+        y = torch.tensor(labels, dtype=torch.int64)
+        if len(y) == 0 or not 0 <= int(y.min()) <= int(y.max()) < num_classes:
+            raise InvalidValue(f"{name} {split}: labels {sorted(set(labels))[:5]}... are not classes "
+                               f"0..{num_classes - 1} (dataset.torchvision.num_classes)")
+        if split == "train" and len(y) != options["train_size"]:
+            raise InvalidValue(f"{name}: the training split has {len(y)} examples; set "
+                               f"dataset.torchvision.train_size: {len(y)} (it says {options['train_size']})")
+        cache[f"{split}_x"], cache[f"{split}_y"] = torch.stack(images), y
     return cache
 
 
@@ -363,6 +416,10 @@ class Splits:
     input_shape: tuple[int, int, int]
     augment: bool
 
+    @property
+    def device(self) -> torch.device:
+        return self.train_x.device
+
 
 def _read_cache(cache: str | os.PathLike) -> dict[str, Any]:
     data = load_torch(cache)
@@ -394,12 +451,12 @@ def load(
     every split, with their original ids (num_classes is unchanged, so models keep their shape).
     """
     data = _read_cache(cache)
-    info = dataset_info(data["name"])
+    name = data["name"]
     num_classes = int(data["num_classes"])
     n = len(data["train_y"])
     if not isinstance(val_size, int) or not 0 <= val_size < n:
         raise InvalidValue(
-            f"val_size={val_size!r} must be an integer in [0, {n}) for {info.name} "
+            f"val_size={val_size!r} must be an integer in [0, {n}) for {name} "
             f"({n} training examples)"
         )
     if half not in (None, 0, 1):
@@ -415,10 +472,8 @@ def load(
                 f"labels={labels!r} must be a non-empty list of class ids in 0..{num_classes - 1}"
             )
 
-    # indices are drawn on the CPU from split_seed alone, so every device sees the same split
     generator = torch.Generator().manual_seed(split_seed)
-    order = torch.randperm(n, generator=generator)
-    val_idx, train_idx = order[:val_size].sort().values, order[val_size:].sort().values
+    val_idx, train_idx = holdout(n, val_size, generator)
     if half is not None:
         halves = torch.randperm(len(train_idx), generator=generator)
         chosen = halves[: len(halves) // 2] if half == 0 else halves[len(halves) // 2 :]
@@ -450,8 +505,23 @@ def load(
         test_y=test_y,
         num_classes=num_classes,
         input_shape=tuple(train_x.shape[1:]),
-        augment=info.augment,
+        augment=DATASETS[name].augment if name in DATASETS else False,
     )
+
+
+def holdout(n: int, val_size: int, seed: int | torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sorted (validation, training) positions of `n` training examples: `val_size` held out by a
+    permutation drawn from `seed` alone (on the CPU), so every experiment seed and every device
+    sees the same split. A generator is used as is, and goes on drawing afterwards."""
+    generator = seed if isinstance(seed, torch.Generator) else torch.Generator().manual_seed(seed)
+    order = torch.randperm(n, generator=generator)
+    return order[:val_size].sort().values, order[val_size:].sort().values
+
+
+def epoch_permutation(seed: int, epoch: int, n: int) -> torch.Tensor:
+    """The order in which `seed` visits `n` training examples in `epoch` (on the CPU): a function
+    of (seed, epoch) only, shared by resident (lotto.train.BatchSchedule) and streamed data."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
 
 
 def _channel_histogram(images: torch.Tensor) -> torch.Tensor:

@@ -30,6 +30,10 @@ BYTES = 4  # float32
 
 def _examples(spec: ExperimentSpec) -> int:
     """Training plus test examples held on the GPU."""
+    if spec.dataset.streamed:  # read from disk batch by batch (lotto.stream): none resident
+        return 0
+    if spec.dataset.torchvision is not None:  # the test split's size is not stated: counted as large
+        return 2 * int(dict(spec.dataset.torchvision)["train_size"])  # as the training split's (an over-estimate)
     if spec.dataset.synthetic is not None:
         options = {**SYNTHETIC_DEFAULTS, **dict(spec.dataset.synthetic)}
         return int(options["n_train"]) + int(options["n_test"])

@@ -13,6 +13,10 @@ Columns (documented once, here and in the README):
     accuracy    float64  fraction correct
     lr          float64  learning rate of the last iteration before this evaluation
     status      string   ok | diverged (the train row where the loss blew up)
+    top5        float64  val/test rows of streamed datasets with > 10 classes: fraction whose
+                         label is among the 5 highest outputs (lotto.train.evaluate_streamed);
+                         null elsewhere. Files without it (all older results, and every file
+                         whose rows have none) omit the column; `read` adds it as null.
 
 Wall-clock times are kept out of this table so that two runs of the same seed write
 byte-identical files; they live in each job's log and benchmark file.
@@ -48,13 +52,18 @@ SCHEMA = pa.schema(
         ("status", pa.string()),
     ]
 )
+# The optional last column: written only by files that have a value in it, so the files of
+# datasets without top-5 stay byte-identical to those written before it existed.
+TOP5 = pa.field("top5", pa.float64())
+FULL_SCHEMA = SCHEMA.append(TOP5)
 
 
 def write(path: str | Path, rows: Iterable[dict[str, Any]], **constants: Any) -> None:
     """Write rows (plus columns constant for the whole file) atomically as parquet."""
     records = [{**constants, **row} for row in rows]
-    columns = [_column([r.get(f.name) for r in records], f.type) for f in SCHEMA]
-    table = pa.Table.from_arrays(columns, schema=SCHEMA)
+    schema = FULL_SCHEMA if any(r.get("top5") is not None for r in records) else SCHEMA
+    columns = [_column([r.get(f.name) for r in records], f.type) for f in schema]
+    table = pa.Table.from_arrays(columns, schema=schema)
     with io.atomic_path(path) as tmp:
         pq.write_table(table, tmp)
 
@@ -92,16 +101,20 @@ def read(paths: Iterable[str | Path]) -> pd.DataFrame:
             raise io.CorruptFileError(
                 f"{path}: not a readable metrics file ({err}); delete it and rerun the workflow"
             ) from err
-        if not table.schema.equals(SCHEMA):
+        if table.schema.equals(SCHEMA):
+            table = table.append_column(TOP5, pa.nulls(len(table), TOP5.type))
+        if not table.schema.equals(FULL_SCHEMA):
             raise io.CorruptFileError(f"{path}: columns differ from the metrics schema; delete it and rerun")
         tables.append(table)
     if not tables:
-        return SCHEMA.empty_table().to_pandas()
+        return FULL_SCHEMA.empty_table().to_pandas()
     return pa.concat_tables(tables).to_pandas()
 
 
 def write_frame(path: str | Path, frame: pd.DataFrame) -> None:
-    table = pa.Table.from_pandas(frame, schema=SCHEMA, preserve_index=False)
+    """Write a frame as `read` returns it (the top5 column left out when it is all null)."""
+    schema = FULL_SCHEMA if "top5" in frame and frame["top5"].notna().any() else SCHEMA
+    table = pa.Table.from_pandas(frame[schema.names], schema=schema, preserve_index=False)
     with io.atomic_path(path) as tmp:
         pq.write_table(table, tmp)
 
@@ -111,7 +124,8 @@ RUN_KEYS = ["experiment", "seed", "round", "branch"]
 
 def summarize(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per training: early-stop step (minimum validation loss, earliest on ties),
-    test accuracy there, final test accuracy, final train loss/accuracy, density, status.
+    test accuracy there, final test accuracy (and top-5, NaN without), final train loss/accuracy,
+    density, status.
     Without a validation set (dataset.val_size: 0) there is no early stop: its step and
     accuracy are NaN, never silently the last step."""
     import pandas as pd
@@ -132,6 +146,7 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
                 "early_stop_accuracy": float("nan") if stop is None else float(test.loc[stop, "accuracy"]),
                 "final_accuracy": float(test.loc[last, "accuracy"]),
                 "final_step": last,
+                "final_top5": float(test.loc[last, "top5"]) if "top5" in test else float("nan"),
                 "train_loss": float(train.loss.iloc[-1]) if len(train) else float("nan"),
                 "train_accuracy": float(train.accuracy.iloc[-1]) if len(train) else float("nan"),
                 "status": "diverged" if (run.status == "diverged").any() else "ok",

@@ -32,10 +32,11 @@ from pathlib import Path
 import torch
 
 from lotto import data as datasets
-from lotto import io, layout, masks, metrics, optimal_masks, prune
+from lotto import io, layout, masks, metrics, optimal_masks, prune, stream
 from lotto.errors import InvalidValue
 from lotto.round_plan import BRANCHES, start_point
 from lotto.spec import ExperimentSpec, TrainingSpec, build_model, seed_vectorisation_problems
+from lotto.stream import StreamedData
 from lotto.train import TrainResult, evaluate, resolve_device, train
 from lotto.vmap import DivergedError, train_seeds
 
@@ -49,8 +50,12 @@ def derived_seed(*parts: object) -> int:
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:4], "little") >> 1
 
 
-def load_data(spec: ExperimentSpec, data_path: str | Path, device: torch.device) -> datasets.Splits:
+def load_data(spec: ExperimentSpec, data_path: str | Path, device: torch.device) -> datasets.Splits | StreamedData:
+    """The resident splits of a prepared cache, or for an image folder its streamed splits (lotto.stream)."""
     d = spec.dataset
+    if d.streamed:
+        return stream.load(data_path, val_size=d.val_size, image_size=d.image_size, resize=d.resize,
+                           augment=d.augment, device=device, workers=spec.training.loader_workers)
     splits = datasets.load(
         data_path, val_size=d.val_size, device=device, labels=list(d.labels) if d.labels else None, half=d.half
     )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 import re
 from functools import cache
 from importlib import resources
@@ -23,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from lotto import image_folder
 from lotto.errors import InvalidValue
 from lotto.inputs import (
     SAFE_NAME,
@@ -38,7 +40,9 @@ from lotto.inputs import (
 from lotto.model_facts import ModelFacts, facts, model_options, tabulated_model_names
 from lotto.spec_types import (  # noqa: F401 - re-exported: lotto.spec is the public entry
     DATASET_FACTS,
+    STREAMED_DATASETS,
     SYNTHETIC_DEFAULTS,
+    TORCHVISION_PREFIX,
     DatasetSpec,
     EarlyBirdSpec,
     ExperimentSpec,
@@ -226,6 +230,8 @@ def resolve(doc: Any, source: str = "<experiment>", default_name: str = "experim
         for key, message in seed_vectorisation_problems(model, dataset, training, rewinding):
             bad(key, message)
     _check_transfer_branch(branches, transfer_from, bad)
+    if dataset.streamed:
+        _check_streamed_features(dataset, training, pruning, branches, bad)
     if problems:
         raise SpecError("\n".join(problems))
     return ExperimentSpec(
@@ -245,6 +251,8 @@ def resolve(doc: Any, source: str = "<experiment>", default_name: str = "experim
 
 def _resolve_dataset(d: dict[str, Any], bad: Any) -> tuple[DatasetSpec, int]:
     """The dataset section, and the size of its training split (validation included)."""
+    if "torchvision" in d and not d["name"].startswith(TORCHVISION_PREFIX):
+        bad("dataset.torchvision", f"only with dataset.name: {TORCHVISION_PREFIX}<Class>, not {d['name']!r}")
     synthetic = None
     if d["name"] == "synthetic":
         merged = {**SYNTHETIC_DEFAULTS, **d.get("synthetic", {})}
@@ -254,9 +262,16 @@ def _resolve_dataset(d: dict[str, Any], bad: Any) -> tuple[DatasetSpec, int]:
         if values > MAX_SYNTHETIC_VALUES:
             bad("dataset.synthetic", f"(n_train + n_test) x shape is {values} pixel values, more than "
                 f"{MAX_SYNTHETIC_VALUES} (1 GiB of float32, held in memory); make it smaller")
+    elif d["name"] in STREAMED_DATASETS:
+        return _resolve_streamed(d, bad)
+    elif d["name"].startswith(TORCHVISION_PREFIX):
+        return _resolve_torchvision(d, bad)
     else:
         if "synthetic" in d:
             bad("dataset.synthetic", f"only allowed with dataset.name: synthetic, not {d['name']!r}")
+        for key in ("image_size", "resize"):
+            if key in d:
+                bad(f"dataset.{key}", f"only for image folders (dataset.name: {' or '.join(STREAMED_DATASETS)})")
         train_size = DATASET_FACTS[d["name"]]["train_size"]
     val_size = d.get("val_size", DatasetSpec.val_size)
     if val_size >= train_size:
@@ -275,6 +290,84 @@ def _resolve_dataset(d: dict[str, Any], bad: Any) -> tuple[DatasetSpec, int]:
         if label >= dataset.num_classes:
             bad("dataset.labels", f"{label} is not a class; allowed: 0..{dataset.num_classes - 1}")
     return dataset, train_size
+
+
+def _resolve_torchvision(d: dict[str, Any], bad: Any) -> tuple[DatasetSpec, int]:
+    """A torchvision dataset class: planning cannot import torchvision, so the section states the
+    facts (checked against the files by the prepare job) and each split's keyword arguments."""
+    name, options = d["name"], d["torchvision"]  # required by the schema
+    for key in ("synthetic", "image_size", "resize"):
+        if key in d:
+            bad(f"dataset.{key}", f"not available for {name!r}")
+    if d.get("download"):
+        bad("dataset.download", f"lotto reads {name!r} from its files in dataset.root; allowed: false")
+    if not d.get("root"):
+        bad("dataset.root", f"required for {name!r}: the folder torchvision's class reads")
+    val_size = d.get("val_size", DatasetSpec.val_size)
+    merged = {"train": {"train": True}, "test": {"train": False}, **options}
+    if val_size >= merged["train_size"]:
+        bad("dataset.val_size", f"{val_size} leaves no training data; allowed: < {merged['train_size']}")
+    facts = tuple(sorted((k, tuple(sorted(v.items())) if isinstance(v, dict) else tuple(v) if isinstance(v, list)
+                          else v) for k, v in merged.items()))
+    dataset = DatasetSpec(name=name, root=d.get("root"), val_size=val_size, augment=bool(d.get("augment")),
+                          labels=tuple(d["labels"]) if d.get("labels") else None,
+                          half=d.get("half", DatasetSpec.half), torchvision=facts)
+    for label in dataset.labels or ():
+        if label >= dataset.num_classes:
+            bad("dataset.labels", f"{label} is not a class; allowed: 0..{dataset.num_classes - 1}")
+    return dataset, merged["train_size"]
+
+
+def _resolve_streamed(d: dict[str, Any], bad: Any) -> tuple[DatasetSpec, int]:
+    """An image folder (lotto.image_folder): its root made absolute (the key of its index) and read
+    for the class count and training-set size; the resident-only options refused."""
+    name = d["name"]
+    for key in ("synthetic", "labels", "half", "download"):
+        if d.get(key) not in (None, False):
+            bad(f"dataset.{key}", f"not available for the streamed dataset {name!r}; allowed with "
+                "mnist, fashion_mnist, cifar10, cifar100, synthetic")
+    image_size = d.get("image_size", DatasetSpec.image_size)
+    resize = d.get("resize", DatasetSpec.resize)
+    if resize < image_size:
+        bad("dataset.resize", f"{resize} is smaller than image_size {image_size}; the centre crop needs resize >= image_size")
+    val_size = d.get("val_size", DatasetSpec.val_size)
+    # until the folder is read: stand-ins that let the other sections be checked without follow-on
+    # errors (a spec with a folder problem is refused anyway)
+    root, classes, train_size = d.get("root"), 2, val_size + 1
+    if not root:
+        bad("dataset.root", f"required for {name!r}: the folder holding train/<class>/*.JPEG and val/<class>/*.JPEG")
+    else:
+        root = os.path.abspath(os.path.expanduser(root))
+        try:
+            found = image_folder.facts(root, name)
+        except (image_folder.FolderError, OSError) as err:
+            bad("dataset.root", str(err))
+        else:
+            classes, train_size = len(found.classes), found.train_size
+            if val_size >= train_size:
+                bad("dataset.val_size", f"{val_size} leaves no training data; allowed: < {train_size} "
+                    f"(the images in {root}/train)")
+    augment = d.get("augment")
+    dataset = DatasetSpec(name=name, root=root, val_size=val_size, augment=True if augment is None else augment,
+                          image_size=image_size, resize=resize, folder_classes=classes)
+    return dataset, train_size
+
+
+# What needs the whole dataset as tensors in memory, so not (yet) a streamed one.
+_RESIDENT_CRITERIA = ("snip", "optimal_mask")
+_RESIDENT_BRANCHES = ("supermask", "supermask_random")
+
+
+def _check_streamed_features(dataset: DatasetSpec, training: TrainingSpec, pruning: PruningSpec,
+                             branches: tuple[str, ...], bad: Any) -> None:
+    """Refuse what lotto runs only on resident data (lotto.data.Splits) for a streamed dataset."""
+    why = f"needs the dataset in memory; not available with the streamed dataset {dataset.name!r}"
+    if training.vectorize_seeds:
+        bad("training.vectorize_seeds", f"true {why}; allowed: false")
+    if pruning.criterion in _RESIDENT_CRITERIA:
+        bad("pruning.criterion", f"{pruning.criterion!r} {why}")
+    for branch in sorted(set(branches) & set(_RESIDENT_BRANCHES)):
+        bad("branches", f"{branch!r} {why}")
 
 
 def _iterations_per_epoch(train_size: int, val_size: int, batch_size: int) -> int:

@@ -35,6 +35,13 @@ DATASET_FACTS: dict[str, dict[str, Any]] = {
                   "shape": SYNTHETIC_DEFAULTS["shape"], "augment": False},
 }
 
+# Datasets read from image folders batch by batch (lotto.stream), not held in memory.
+STREAMED_DATASETS = ("imagenet", "imagefolder")
+# dataset.name 'torchvision:<Class>': any classification dataset class of torchvision.datasets,
+# read through it from its files and held in memory like MNIST (lotto.data.prepare)
+TORCHVISION_PREFIX = "torchvision:"
+
+
 def _no_hash() -> dict[str, Any]:
     return {"hash": False}
 
@@ -55,15 +62,39 @@ class DatasetSpec:
     half: int | None = None
     augment: bool = False
     synthetic: tuple[tuple[str, Any], ...] | None = None
+    # streamed image folders (lotto.stream; names in STREAMED_DATASETS): input side in pixels, the
+    # evaluation resize before the centre crop, and the class count found in the folder at planning
+    image_size: int = 224
+    resize: int = 256
+    folder_classes: int = 0
+    # a torchvision dataset class (name 'torchvision:<Class>'): its facts and the keyword arguments
+    # of each split, as sorted (key, value) pairs (lotto.spec._resolve_torchvision)
+    torchvision: tuple[tuple[str, Any], ...] | None = None
+
+    def torchvision_options(self) -> dict[str, Any]:
+        """`torchvision` as plain JSON-ready values (the splits' arguments as dicts)."""
+        return {k: dict(v) if k in ("train", "test") else v for k, v in (self.torchvision or ())}
+
+    @property
+    def streamed(self) -> bool:
+        return self.name in STREAMED_DATASETS
 
     @property
     def num_classes(self) -> int:
+        if self.streamed:
+            return self.folder_classes
+        if self.torchvision:
+            return int(dict(self.torchvision)["num_classes"])
         if self.synthetic:
             return int(dict(self.synthetic)["num_classes"])
         return DATASET_FACTS[self.name]["num_classes"]
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
+        if self.streamed:
+            return (3, self.image_size, self.image_size)
+        if self.torchvision:
+            return tuple(dict(self.torchvision)["shape"])  # type: ignore[return-value]
         if self.synthetic:
             return tuple(dict(self.synthetic)["shape"])  # type: ignore[return-value]
         return DATASET_FACTS[self.name]["shape"]
@@ -101,6 +132,9 @@ class TrainingSpec:
     vectorize_seeds: bool = field(default=False, metadata=_execution_only())
     # how a GPU runs the step (replayed from a CUDA graph, lotto.train.Stepper), not what it computes
     cuda_graph: bool = field(default=True, metadata=_execution_only())
+    # DataLoader processes reading a streamed dataset (-1: lotto.stream.auto_workers); every image's
+    # augmentation is a function of (seed, step, position), so the count changes no result
+    loader_workers: int = field(default=-1, metadata=_execution_only())
 
     def lr_at(self, step: int) -> float:
         """The learning rate at iteration `step`: linear warm-up, then multi-step decay."""
@@ -219,7 +253,14 @@ class ExperimentSpec:
 
     @cached_property
     def data_key(self) -> str:
-        """Name of the prepared data file: the dataset, or synthetic-<hash of its options>."""
+        """Name of the prepared data file: the dataset, synthetic-<hash of its options>, or for an
+        image folder <name>-<hash of its absolute root> (its index, lotto.image_folder)."""
+        if self.dataset.streamed:
+            return f"{self.dataset.name}-{hashlib.sha256(str(self.dataset.root).encode()).hexdigest()[:8]}"
+        if self.dataset.torchvision is not None:
+            text = json.dumps(self.dataset.torchvision, sort_keys=True)
+            cls = self.dataset.name.removeprefix(TORCHVISION_PREFIX)
+            return f"torchvision-{cls}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
         if self.dataset.synthetic is None:
             return self.dataset.name
         text = json.dumps(self.dataset.synthetic, sort_keys=True)
@@ -227,7 +268,12 @@ class ExperimentSpec:
 
     @cached_property
     def dense_key(self) -> str:
-        return _hash({"dataset": self.dataset, "model": self.model, "training": self.training})
+        return _hash(self._data_parts({"dataset": self.dataset, "model": self.model, "training": self.training}))
+
+    def _data_parts(self, parts: dict[str, Any]) -> dict[str, Any]:
+        """`parts`, plus for an image folder its data_key: its root is which data, not only where
+        the files lie, so two folders never share round 0. (Other datasets' keys stay as they were.)"""
+        return {**parts, "data": self.data_key} if self.dataset.streamed else parts
 
     @cached_property
     def recipe_key(self) -> str:
@@ -240,7 +286,7 @@ class ExperimentSpec:
         }
         if self.earlybird is not None:  # only then: the keys of IMP experiments stay as they were
             parts["earlybird"] = self.earlybird
-        return _hash(parts)
+        return _hash(self._data_parts(parts))
 
     def to_dict(self) -> dict[str, Any]:
         plain = json.loads(json.dumps(dataclasses.asdict(self)))
@@ -264,7 +310,8 @@ class ExperimentSpec:
 _ADDED_LATER: dict[str | None, tuple[str, ...]] = {
     None: ("earlybird", "transfer_from"),
     "pruning": ("mask_training",),
-    "training": ("vectorize_seeds", "cuda_graph", "precision"),
+    "training": ("vectorize_seeds", "cuda_graph", "precision", "loader_workers"),
+    "dataset": ("image_size", "resize", "folder_classes", "torchvision"),
 }
 
 
@@ -306,7 +353,7 @@ def _hash(parts: dict[str, Any]) -> str:
                 out[f.name] = value
         return out
 
-    plain = {k: non_default(v) for k, v in parts.items()}
+    plain = {k: non_default(v) if dataclasses.is_dataclass(v) else v for k, v in parts.items()}
     text = json.dumps(plain, sort_keys=True, default=_plain_value)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 

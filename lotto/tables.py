@@ -22,6 +22,7 @@ STATS = {
     "early_stop": "early_stop_step",
     "early_stop_accuracy": "early_stop_accuracy",
     "final_accuracy": "final_accuracy",
+    "final_top5": "final_top5",
 }
 CAPTION = "Mean ± std over the seeds that did not diverge (accuracies in %)."
 
@@ -46,6 +47,7 @@ def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
     runs = metrics.summarize(frame)
     runs["early_stop_accuracy"] *= 100
     runs["final_accuracy"] *= 100
+    runs["final_top5"] *= 100
     rows = []
     for (experiment, branch, round_), group in runs.groupby(["experiment", "branch", "round"]):
         ok = group[group.status == "ok"]
@@ -83,7 +85,7 @@ def write_tables(
         header, rows = _cells(table, pm, escape)
         text = env.get_template(template).render(
             header=header, rows=rows, caption=escape(" ".join(filter(None, [_caption(table), energy]))),
-            numeric_from=len(header) - 6,
+            numeric_from=len(header) - (7 if _has_top5(table) else 6),
         )
         io.write_text(out, text)
     return table
@@ -98,12 +100,18 @@ def _caption(table: pd.DataFrame) -> str:
     return f"{caption} {NO_EARLY_STOP}" if no_stop.any() else caption
 
 
+def _has_top5(table: pd.DataFrame) -> bool:
+    """Whether the runs measured top-5 accuracy (streamed datasets of many classes): its column then shows."""
+    return bool(table.final_top5_mean.notna().any())
+
+
 def _cells(table: pd.DataFrame, pm: str, escape) -> tuple[list[str], list[dict]]:
     """Header and formatted rows; `group_start` marks where a new (experiment, branch) begins."""
-    several = table.experiment.nunique() > 1
+    several, top5 = table.experiment.nunique() > 1, _has_top5(table)
     header = [escape(name) for name in (["Experiment"] if several else []) + [
         "Branch", "Weights remaining (%)", "Early-stop iteration",
-        "Test acc. at early stop (%)", "Final test acc. (%)", "Seeds", "Diverged",
+        "Test acc. at early stop (%)", "Final test acc. (%)",
+        *(["Final top-5 acc. (%)"] if top5 else []), "Seeds", "Diverged",
     ]]
     rows, previous = [], None
     for row in table.itertuples(index=False):
@@ -114,6 +122,7 @@ def _cells(table: pd.DataFrame, pm: str, escape) -> tuple[list[str], list[dict]]
             _mean_std(row.early_stop_mean, row.early_stop_std, 0, pm),
             _mean_std(row.early_stop_accuracy_mean, row.early_stop_accuracy_std, 2, pm),
             _mean_std(row.final_accuracy_mean, row.final_accuracy_std, 2, pm),
+            *([_mean_std(row.final_top5_mean, row.final_top5_std, 2, pm)] if top5 else []),
             str(row.seeds),
             str(row.diverged),
         ]

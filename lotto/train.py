@@ -3,7 +3,7 @@ lotto.vmap.train_seeds for several seeds at once).
 
 A training starts from given weights under a mask, at a given point of the LR schedule,
 for a given number of iterations. Batches are index gathers from tensors already on the
-device; the batch order depends only on (seed, global step), so a round replayed from
+device, or read from image files (lotto.stream); the batch order depends only on (seed, global step), so a round replayed from
 the same start reproduces the same trajectory and a resumed round continues exactly.
 Pruned weights are zeroed right after every optimizer step (not by forward hooks), so
 they stay exactly zero whatever the optimizer's state. The host is synchronised only at
@@ -29,12 +29,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from lotto import io
-from lotto.data import Splits, augment_batch
+from lotto.data import Splits, augment_batch, epoch_permutation
 from lotto.errors import CannotRun
 from lotto.masks import Mask, prunable_layers
 from lotto.spec_types import TrainingSpec
+from lotto.stream import StreamedData, StreamedSplit
 
 EVAL_BATCH = 2000
+TOP5_MIN_CLASSES = 10  # metrics gain top-5 accuracy for datasets with more classes (streamed ones)
 
 
 @dataclass
@@ -143,9 +145,7 @@ class BatchSchedule:
         """Positions in the training set of the batch at global step `step`."""
         epoch, pos = divmod(step, self.per_epoch)
         if epoch != self._order_epoch:
-            shuffle = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            n = len(self.data.train_x)
-            self._order = torch.randperm(n, generator=shuffle).to(self.data.train_x.device)
+            self._order = epoch_permutation(self.seed, epoch, len(self.data.train_x)).to(self.data.train_x.device)
             self._order_epoch = epoch
         return self._order[pos * self.batch_size : (pos + 1) * self.batch_size]
 
@@ -249,6 +249,29 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, precision: str 
     return float(loss) / n, float(correct) / n  # host sync: evaluation point
 
 
+@torch.no_grad()
+def evaluate_streamed(model: nn.Module, split: StreamedSplit, precision: str = "fp32") -> tuple[float, ...]:
+    """Mean loss and accuracy over a split read from disk, plus top-5 accuracy when the
+    dataset has more than TOP5_MIN_CLASSES classes (else the pair, as `evaluate` returns)."""
+    was_training = model.training
+    model.eval()
+    device = split.reader.device
+    loss = torch.zeros((), device=device)
+    correct = torch.zeros(2, device=device, dtype=torch.long)  # top-1, top-5
+    classes = 0
+    for x, y in split.batches():
+        with autocast(precision, device):
+            out = model(x)
+        classes = out.shape[-1]
+        loss += F.cross_entropy(out.float(), y, reduction="sum")
+        top = out.topk(min(5, classes), dim=-1).indices == y[:, None]
+        correct += torch.stack([top[:, 0].sum(), top.any(-1).sum()])
+    model.train(was_training)
+    n = max(1, len(split))
+    loss_mean, (top1, top5) = float(loss) / n, (correct.double() / n).tolist()  # host sync: evaluation point
+    return (loss_mean, top1, top5) if classes > TOP5_MIN_CLASSES else (loss_mean, top1)
+
+
 class Progress:
     """Logs iterations/s, current accuracy and ETA at most every `every` seconds. The rate is
     wall-clock over the whole loop, so it includes evaluation time (the line says so)."""
@@ -306,9 +329,9 @@ class TrainingLoop:
 
     What is trained is given by a few callables, so the core never sees a model:
     - `forward(x, y)` -> (mean loss per run: a scalar or one per seed, logits with the classes last);
-    - `batches(global_step)` -> (inputs, labels) on the device. Today an index gather from
-      resident tensors (BatchSchedule); a streamed loader (issue 15) is another such callable,
-      prefetching the batch of the next step while this one runs;
+    - `batches(global_step)` -> (inputs, labels) on the device: an index gather from resident
+      tensors (BatchSchedule), or files read, decoded and augmented by DataLoader workers that
+      prefetch the next steps' batches (lotto.stream.StreamedBatches);
     - `evaluate_split(x, y)` -> (loss, accuracy) per run over a whole split;
     - `state_of()` -> a copy of the weights (snapshots and the last good state).
     Training in several processes (issue 16) plugs in here too: each process's `batches` yields
@@ -335,7 +358,7 @@ class TrainingLoop:
         label: str = "train",
     ):
         """`prunable` pairs each prunable weight with its keep mask (same shape, any dtype)."""
-        self.spec, self.data, self.device = spec, data, data.train_x.device
+        self.spec, self.data, self.device = spec, data, data.device
         self.forward, self.batches, self.evaluate_split, self.state_of = forward, batches, evaluate_split, state_of
         self.steps, self.start, self.label = steps, start, label
         self.lr = lr_schedule(spec, start, constant_lr)
@@ -412,8 +435,8 @@ class TrainingLoop:
         val = self.evaluate_split(data.val_x, data.val_y) if len(data.val_x) else [(math.nan, math.nan)] * runs
         test = self.evaluate_split(data.test_x, data.test_y)
         for run in range(runs):
-            state.rows[run].append(_row(at, "val", *val[run], lr))
-            state.rows[run].append(_row(at, "test", *test[run], lr))
+            state.rows[run].append(_eval_row(at, "val", val[run], lr))
+            state.rows[run].append(_eval_row(at, "test", test[run], lr))
         state.loss_sum.zero_()
         state.correct_sum.zero_()
         state.seen = 0
@@ -496,17 +519,19 @@ def train(
     restarted call continues from it with identical results on CPU.
     `on_eval(step, model)` runs after each evaluation; returning True ends training there.
     """
-    device = data.train_x.device
+    device = data.device
     if device.type == "cuda" and _has_conv(model):
         model.to(memory_format=torch.channels_last)  # what tensor-core convolutions want
+    streamed = isinstance(data, StreamedData)
     loop = TrainingLoop(
         spec, data,
         params=model.parameters(),
         prunable=[(m.weight, mask[name]) for name, _, m in prunable_layers(model)],
         bn_scales=[m.weight for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)],
         forward=lambda x, y: _mean_loss(model(x), y),
-        batches=BatchSchedule(data, spec.batch_size, seed).batch,
-        evaluate_split=lambda x, y: [evaluate(model, x, y, spec.precision)],
+        batches=data.batches(spec.batch_size, seed) if streamed else BatchSchedule(data, spec.batch_size, seed).batch,
+        evaluate_split=(lambda split, _labels: [evaluate_streamed(model, split, spec.precision)]) if streamed
+        else lambda x, y: [evaluate(model, x, y, spec.precision)],
         state_of=lambda: _clone_state(model),
         steps=steps, start=start, constant_lr=constant_lr, label=label,
     )  # fmt: skip
@@ -550,6 +575,12 @@ def _has_conv(model: nn.Module) -> bool:
 
 def _row(step: int, split: str, loss: float, accuracy: float, lr: float, status: str = "ok") -> dict[str, Any]:
     return {"step": step, "split": split, "loss": loss, "accuracy": accuracy, "lr": lr, "status": status}
+
+
+def _eval_row(step: int, split: str, result: tuple[float, ...], lr: float) -> dict[str, Any]:
+    """A val/test row from (loss, accuracy) or, for streamed data of many classes, (loss, accuracy, top5)."""
+    row = _row(step, split, result[0], result[1], lr)
+    return row if len(result) == 2 else {**row, "top5": result[2]}
 
 
 def _row_from_saved(row: dict[str, Any]) -> dict[str, Any]:

@@ -18,9 +18,14 @@ rule prepare_data:
             if DATA[w.dataset].dataset.synthetic
             else ""
         ),
+        torchvision=lambda w: (
+            f"--torchvision {shlex.quote(json.dumps(DATA[w.dataset].dataset.torchvision_options()))}"
+            if DATA[w.dataset].dataset.torchvision
+            else ""
+        ),
     shell:
-        "python -m lotto prepare-data --dataset {params.name} {params.root} {params.download} "
-        "{params.synthetic} --out {output} > {log} 2>&1"
+        "python -m lotto prepare-data --dataset {params.name:q} {params.root} {params.download} "
+        "{params.synthetic} {params.torchvision} --out {output} > {log} 2>&1"
 
 
 rule experiment_spec:

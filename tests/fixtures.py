@@ -144,3 +144,42 @@ def trust_cifar_fixture(monkeypatch: pytest.MonkeyPatch, cls: type, directory: P
     monkeypatch.setattr(cls, "train_list", [[f, md5(f)] for f, _ in cls.train_list])
     monkeypatch.setattr(cls, "test_list", [[f, md5(f)] for f, _ in cls.test_list])
     monkeypatch.setattr(cls, "meta", {**cls.meta, "md5": md5(cls.meta["filename"])})
+
+
+def write_image_folder(
+    root: Path, *, classes: int = 12, train_per_class: int = 10, test_per_class: int = 3,
+    sizes: tuple[tuple[int, int], ...] = ((36, 48), (40, 32), (33, 33)), seed: int = 0,
+) -> list[str]:
+    """An image folder in the ImageNet layout, train/<class>/*.JPEG and val/<class>/*.JPEG, of real
+    JPEG files (torchvision.io.encode_jpeg) of several (height, width) sizes, each class a tint
+    plus noise; returns the class names (WordNet-like ids, sorted)."""
+    import warnings
+
+    import torch
+    from torchvision.io import encode_jpeg
+
+    warnings.filterwarnings("ignore", "The image decoding", DeprecationWarning)  # torchvision 0.29
+
+    generator = torch.Generator().manual_seed(seed)
+    names = [f"n{i:08d}" for i in range(classes)]
+    for label, name in enumerate(names):
+        tint = torch.rand(3, 1, 1, generator=generator) * 200
+        for folder, count in (("train", train_per_class), ("val", test_per_class)):
+            directory = root / folder / name
+            directory.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                h, w = sizes[(label + i) % len(sizes)]
+                noise = torch.rand(3, h, w, generator=generator) * 55
+                image = (tint + noise).to(torch.uint8)
+                (directory / f"{name}_{i}.JPEG").write_bytes(encode_jpeg(image, quality=90).numpy().tobytes())
+    return names
+
+
+def write_kmnist(root: Path, *, n_train: int = 30, n_test: int = 10, seed: int = 0) -> dict[str, np.ndarray]:
+    """KMNIST's four IDX files where torchvision.datasets.KMNIST reads them: root/KMNIST/raw/."""
+    arrays = random_split(n_train, n_test, (1, 28, 28), 10, seed)
+    raw = root / "KMNIST" / "raw"
+    for prefix, split in (("train", "train"), ("t10k", "test")):
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", arrays[f"{split}_x"][:, 0], compress=False)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", arrays[f"{split}_y"], compress=False)
+    return arrays

@@ -356,12 +356,14 @@ NOT_IN_IDENTITY = {
     "branches": "each branch has its own directory; adding one adds jobs, re-runs none",
     "description": "text for people",
     "transfer_from": "the transfer branch takes the source's files as inputs, which re-run it",
-    "dataset.root": "where the raw files are read from, not which data",
+    "dataset.root": "where the raw files are read from, not which data (an image folder's root enters "
+                    "its keys through data_key: tests/test_stream.py)",
     "dataset.download": "whether torchvision may fetch missing raw files",
     "training.checkpoint_every": "in-round resume cadence; a resumed round equals an uninterrupted one",
     "training.device": "where the job runs, not what it computes",
     "training.vectorize_seeds": "seeds trained together equal separate runs (lotto.vmap)",
     "training.cuda_graph": "how a GPU launches the step, not what it computes",
+    "training.loader_workers": "how many processes decode images; each one's crop is drawn from (seed, step, position)",
 }
 
 # For every field, another value its key allows (the schema's choices and ranges). The values
@@ -381,7 +383,9 @@ CHANGED_VALUE = {
     "training.milestones": (30,), "training.gamma": 0.5, "training.warmup": 10,
     "training.eval_every": 10, "training.divergence_loss": 100.0, "training.precision": "bf16",
     "training.checkpoint_every": 20, "training.device": "auto", "training.vectorize_seeds": True,
-    "training.cuda_graph": False,
+    "training.cuda_graph": False, "training.loader_workers": 2,
+    "dataset.image_size": 32, "dataset.resize": 40, "dataset.folder_classes": 12,
+    "dataset.torchvision": (("num_classes", 10), ("shape", (1, 28, 28)), ("train_size", 100)),
     "pruning.criterion": "magnitude", "pruning.scope": "global", "pruning.rounds": 3,
     "pruning.rate": 0.2, "pruning.rates": (("fc", 0.5), ("output", 0.25)),
     "pruning.exclude": ("5",),
