@@ -1,0 +1,197 @@
+"""Models outside the registry (lotto.external_models): torchvision's by name and a user's by
+import path, pruned by lotto's own mask code, refused clearly when they cannot be, and run end
+to end through Snakemake. ~60 s on 2 idle cores, most of it the one Snakemake run of both
+models (~45 s: ~15 jobs, each importing torch)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from torch import nn
+from workflow_util import Workdir, experiment, job_env, rule_counts
+
+from lotto import masks, model_facts
+from lotto.cli import main
+from lotto.external_models import name_problem
+from lotto.io import load_torch
+from lotto.spec import DatasetSpec, ExperimentSpec, ModelSpec, SpecError, build_model, resolve
+
+# A user's model file: one good builder and one of each mistake the errors below name.
+USER_MODULE = textwrap.dedent("""
+    import math
+    from torch import nn
+
+    def tiny_cnn(input_shape, num_classes, hidden=4):
+        channels, height, width = input_shape
+        return nn.Sequential(nn.Conv2d(channels, hidden, 3, padding=1), nn.BatchNorm2d(hidden),
+                             nn.ReLU(), nn.Flatten(), nn.Linear(hidden * height * width, num_classes))
+
+    not_a_function = 3
+
+    def not_a_module(input_shape, num_classes):
+        return "a string"
+
+    def nothing_prunable(input_shape, num_classes):
+        return nn.Sequential(nn.Flatten(), nn.BatchNorm1d(math.prod(input_shape)))
+
+    def tied(input_shape, num_classes):
+        first, second = nn.Linear(math.prod(input_shape), math.prod(input_shape)), nn.Linear(1, 1)
+        second.weight = first.weight
+        return nn.Sequential(nn.Flatten(), first, second)
+""")
+
+
+@pytest.fixture
+def user_module(tmp_path, monkeypatch):
+    """userpkg/nets.py written into tmp_path, which goes on PYTHONPATH (here and for jobs)."""
+    package = tmp_path / "userpkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "nets.py").write_text(USER_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH")) if p))
+    yield "userpkg.nets"
+    for name in ("userpkg.nets", "userpkg"):
+        sys.modules.pop(name, None)
+
+
+SYNTHETIC = {"name": "synthetic", "val_size": 40, "synthetic": {"n_train": 120, "n_test": 40, "shape": [3, 8, 8]}}
+TRAINING = {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "batch_size": 16, "duration": 6, "eval_every": 3}
+
+
+def spec_doc(model: dict) -> dict:
+    return {"dataset": SYNTHETIC, "model": model, "training": TRAINING,
+            "pruning": {"rounds": 1, "rates": {"conv": 0.5, "fc": 0.5, "output": 0.5}}}
+
+
+# --- building: same seed, same θ_0; the prunable layers ---------------------------------------
+
+
+def test_torchvision_resnet18_layers_are_its_convs_and_fc(capsys):
+    """`lotto layers torchvision:resnet18` lists the 20 convs (3 of them 1x1 downsampling) and
+    the fc as output, with counts equal to the built model's weights."""
+    assert main(["layers", "torchvision:resnet18"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    net = build_model(ModelSpec("torchvision:resnet18"), DatasetSpec("cifar10"), "meta")
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    total = sum(m.weight.numel() for m in convs) + net.fc.weight.numel()
+    assert len(convs) == 20
+    assert out[0] == (f"torchvision:resnet18 on cifar10 (3x32x32): 21 prunable layers, {total:,} weights; "
+                      "pruning.exclude takes the name or the module")
+    rows = [line.split() for line in out[2:]]
+    assert [r[2] for r in rows] == ["conv"] * 20 + ["output"]
+    assert rows[-1] == ["output", "fc", "output", "10x512", "5,120"]
+    assert ["conv8", "layer2.0.downsample.0", "conv", "128x64x1x1", "8,192"] in rows
+
+
+def test_same_seed_same_theta_0_and_options_reach_the_builder(user_module):
+    def built(seed: int, options=None) -> nn.Module:
+        torch.manual_seed(seed)
+        model = ModelSpec(f"{user_module}:tiny_cnn", options=options, bn_momentum=0.3)
+        return build_model(model, DatasetSpec("cifar10"))
+
+    a, b, c = built(0), built(0), built(1)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+    assert not torch.equal(a[0].weight, c[0].weight)
+    assert a[0].out_channels == 4 and built(0, (("hidden", 6),))[0].out_channels == 6
+    assert a[1].momentum == 0.3, "bn_momentum is set on the user's BatchNorm layers too"
+    assert [kind for _, kind, _ in masks.prunable_layers(a)] == ["conv", "output"]
+
+
+def test_options_enter_the_hashes_only_when_set(user_module):
+    plain = resolve(spec_doc({"name": f"{user_module}:tiny_cnn"}))
+    same = resolve(spec_doc({"name": f"{user_module}:tiny_cnn", "options": {"hidden": 4}}))
+    assert plain.model.options is None and "options" not in plain.to_dict()["model"]
+    assert same.model.options == (("hidden", 4),)
+    assert same.dense_key != plain.dense_key, "explicit options are part of the identity"
+    assert type(same).from_dict(same.to_dict()) == same
+
+
+# --- errors, before any work ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("model", "message"), [
+    ({"name": "no_such_pkg.nets:net"}, "model: model no_such_pkg.nets:net: cannot import module 'no_such_pkg.nets' "
+     "(ModuleNotFoundError: No module named 'no_such_pkg'); put its folder on PYTHONPATH"),
+    ({"name": "{mod}:missing"}, "has no attribute 'missing'; its callables: not_a_module, nothing_prunable, tied, tiny_cnn"),
+    ({"name": "{mod}:not_a_function"}, "'not_a_function' is a int, not callable"),
+    ({"name": "{mod}:not_a_module"}, "returned a str, not a torch.nn.Module"),
+    ({"name": "{mod}:nothing_prunable"}, "has nothing to prune: lotto prunes the weights of nn.Conv2d and nn.Linear"),
+    ({"name": "{mod}:tied"}, "layers '1' and '2' share one weight tensor"),
+    ({"name": "{mod}:tiny_cnn", "options": {"depth": 3}},
+     "(input_shape, num_classes, **model.options) failed: TypeError: tiny_cnn() got an unexpected keyword argument 'depth'"),
+    ({"name": "torchvision:resnet5"}, "unknown torchvision model 'resnet5' (did you mean 'torchvision:resnet50'?)"),
+    ({"name": "torchvision:resnet18", "options": {"num_classes": 5}}, "model.options: num_classes is set by lotto"),
+    ({"name": "torchvision:resnet18", "width": 2.0}, "does not support width=2.0 (registry options)"),
+    ({"name": "lenet5", "options": {"x": 1}}, "model.options: only for 'torchvision:<name>' and '<module>:<callable>'"),
+    ({"name": "my pkg:net"}, "model.name: 'my pkg:net' is not a model name"),
+])
+def test_a_model_that_cannot_be_used_is_refused_naming_file_key_and_value(user_module, model, message):
+    doc = spec_doc({**model, "name": model["name"].format(mod=user_module)})
+    with pytest.raises(SpecError) as caught:
+        resolve(doc, source="exp.yaml")
+    assert f"exp.yaml: {'model' if message.startswith('model') else ''}" in str(caught.value)
+    assert message in str(caught.value)
+
+
+def test_name_spelling_is_checked_without_importing():
+    assert name_problem("torchvision:resnet50") is None
+    assert name_problem("a.b_c:d1") is None
+    for bad in ("torchvision:", ":net", "a..b:c", "a:b.c", "../x:y"):
+        assert "is not a model name" in name_problem(bad)
+
+
+def test_validation_in_a_process_without_torch_measures_in_a_child(user_module, tmp_path):
+    """Resolving a user model where torch is not imported (a Snakefile parse) leaves this
+    process without torch and without the user's module: a child process builds the model."""
+    code = ("import sys\nfrom lotto.spec import resolve\n"
+            f"spec = resolve({spec_doc({'name': f'{user_module}:tiny_cnn'})!r})\n"
+            "print(spec.model.name, 'torch' in sys.modules, 'userpkg' in sys.modules)\n")
+    proc = subprocess.run([sys.executable, "-c", code], env=job_env(), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [f"{user_module}:tiny_cnn", "False", "False"]
+
+
+def test_an_untabulated_model_has_the_facts_its_module_gives(user_module):
+    options = model_facts.model_options(ModelSpec("torchvision:resnet18"), DatasetSpec("cifar10"))
+    facts = model_facts.facts(options)
+    assert facts.build_error is None and len(facts.layers) == 21 and facts.layers[-1] == ("output", "fc", "output")
+    assert facts.not_channel_prunable is not None
+
+
+# --- end to end through Snakemake -------------------------------------------------------------
+
+
+def test_user_and_torchvision_models_prune_and_train_through_snakemake(user_module, tmp_path):
+    """The default target runs a user model (import path) and torchvision's ResNet-18 on
+    3x32x32 synthetic data: round 0 and one pruned round at 50% per kind;
+    the pruned weights stay exactly zero after training and the density is what was asked."""
+    work = Workdir(tmp_path / "work")
+    data = {**SYNTHETIC, "synthetic": {**SYNTHETIC["synthetic"], "shape": [3, 32, 32]}}
+    base = experiment(spec_doc({}), dataset=data, seeds=[0])
+    user = work.write_experiment("user", experiment(base, model={"name": f"{user_module}:tiny_cnn",
+                                                                 "options": {"hidden": 3}}))
+    resnet = work.write_experiment("tv", experiment(base, model={"name": "torchvision:resnet18"},
+                                                    training={**TRAINING, "duration": 2, "eval_every": 2}))
+    work.write_config([user, resnet])
+    run = work.snakemake().check()
+    counts = rule_counts(run.output)
+    assert (counts["dense_round"], counts["prune_round"]) == (2, 2)
+    assert (work.results / "report.html").is_file()
+    for name in ("user", "tv"):
+        spec = ExperimentSpec.from_dict(json.loads((work.results / name / "spec.json").read_text()))
+        round_dir = work.results / name / "seed0" / "round1"
+        mask, state = masks.load(round_dir / "mask.pt"), load_torch(round_dir / "checkpoint.pt")
+        masks.check(mask, build_model(spec.model, spec.dataset, "meta"))
+        assert math.isclose(masks.density(mask), 0.5, abs_tol=0.01)
+        for layer, keep in mask.items():
+            weight = state[f"{layer}.weight"]
+            assert (weight[~keep] == 0).all(), f"{name}: pruned weights of {layer} moved in training"
+            assert (weight[keep] != 0).any()
