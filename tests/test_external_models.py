@@ -169,6 +169,7 @@ def test_an_untabulated_model_has_the_facts_its_module_gives(user_module):
 # --- end to end through Snakemake -------------------------------------------------------------
 
 
+@pytest.mark.workflow
 def test_user_and_torchvision_models_prune_and_train_through_snakemake(user_module, tmp_path):
     """The default target runs a user model (import path) and torchvision's ResNet-18 on
     3x32x32 synthetic data: round 0 and one pruned round at 50% per kind;
