@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from workflow_util import Workdir, experiment, job_env, rule_counts
 
-from lotto import masks, model_facts
+from lotto import flops, masks, model_facts
 from lotto.cli import main
 from lotto.external_models import name_problem
 from lotto.io import load_torch
@@ -64,6 +64,10 @@ def user_module(tmp_path, monkeypatch):
 
 SYNTHETIC = {"name": "synthetic", "val_size": 40, "synthetic": {"n_train": 120, "n_test": 40, "shape": [3, 8, 8]}}
 TRAINING = {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "batch_size": 16, "duration": 6, "eval_every": 3}
+
+
+def synthetic_data(shape: tuple[int, int, int], num_classes: int) -> DatasetSpec:
+    return DatasetSpec("synthetic", synthetic=(("num_classes", num_classes), ("shape", shape)))
 
 
 def spec_doc(model: dict) -> dict:
@@ -196,3 +200,31 @@ def test_user_and_torchvision_models_prune_and_train_through_snakemake(user_modu
             weight = state[f"{layer}.weight"]
             assert (weight[~keep] == 0).all(), f"{name}: pruned weights of {layer} moved in training"
             assert (weight[keep] != 0).any()
+
+
+# --- FLOPs ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_resnet_forward_flops_equal_torchvision_published_gflops(name):
+    """Half our FLOPs (multiply-adds) at 224 px is the GFLOPS torchvision publishes for the
+    ImageNet weights (read from its metadata; nothing is downloaded)."""
+    import torchvision.models
+
+    published = torchvision.models.get_model_weights(name).IMAGENET1K_V1.meta["_ops"]
+    net = build_model(ModelSpec(f"torchvision:{name}"), synthetic_data((3, 224, 224), 1000), "meta")
+    assert round(flops.forward_flops(net, (3, 224, 224)) / 2e9, 3) == published
+
+
+def test_masked_flops_scale_each_layer_by_its_kept_weights(user_module):
+    """tiny_cnn on 3x8x8, hidden 4: conv 2*27*4*64 multiply-add FLOPs + 256 bias, linear
+    2*256*10 + 10. Keeping a quarter of the conv and half of the linear weights scales only the
+    multiply-adds."""
+    net = build_model(ModelSpec(f"{user_module}:tiny_cnn"), synthetic_data((3, 8, 8), 10))
+    conv, linear = 2 * 27 * 4 * 64, 2 * 256 * 10
+    assert flops.forward_flops(net, (3, 8, 8)) == conv + 256 + linear + 10
+    mask = masks.ones(net)
+    mask["0"].view(-1)[: mask["0"].numel() * 3 // 4] = False
+    mask["4"].view(-1)[: mask["4"].numel() // 2] = False
+    assert flops.masked_forward_flops(net, mask, (3, 8, 8)) == conv / 4 + 256 + linear / 2 + 10
+    assert flops.masked_forward_flops(net, masks.ones(net), (3, 8, 8)) == flops.forward_flops(net, (3, 8, 8))
