@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from workflow_util import Workdir, experiment, job_env, rule_counts
 
-from lotto import flops, masks, model_facts
+from lotto import earlybird, flops, masks, model_facts, structured
 from lotto.cli import main
 from lotto.external_models import name_problem
 from lotto.io import load_torch
@@ -167,7 +167,8 @@ def test_an_untabulated_model_has_the_facts_its_module_gives(user_module):
     options = model_facts.model_options(ModelSpec("torchvision:resnet18"), DatasetSpec("cifar10"))
     facts = model_facts.facts(options)
     assert facts.build_error is None and len(facts.layers) == 21 and facts.layers[-1] == ("output", "fc", "output")
-    assert facts.not_channel_prunable is not None
+    assert facts.not_channel_prunable is None, "Early-Bird prunes its inner block channels"
+    assert "BatchNorm" in facts.not_vectorisable
 
 
 # --- end to end through Snakemake -------------------------------------------------------------
@@ -176,8 +177,9 @@ def test_an_untabulated_model_has_the_facts_its_module_gives(user_module):
 @pytest.mark.workflow
 def test_user_and_torchvision_models_prune_and_train_through_snakemake(user_module, tmp_path):
     """The default target runs a user model (import path) and torchvision's ResNet-18 on
-    3x32x32 synthetic data: round 0 and one pruned round at 50% per kind;
-    the pruned weights stay exactly zero after training and the density is what was asked."""
+    3x32x32 synthetic data: round 0 and one pruned round at 50% per kind, the pruned weights
+    exactly zero after training and the density what was asked; and an Early-Bird search of
+    ResNet-18 at p = 30% with EB Train (ff, reinit) of its inner block channels."""
     work = Workdir(tmp_path / "work")
     data = {**SYNTHETIC, "synthetic": {**SYNTHETIC["synthetic"], "shape": [3, 32, 32]}}
     base = experiment(spec_doc({}), dataset=data, seeds=[0])
@@ -185,10 +187,19 @@ def test_user_and_torchvision_models_prune_and_train_through_snakemake(user_modu
                                                                  "options": {"hidden": 3}}))
     resnet = work.write_experiment("tv", experiment(base, model={"name": "torchvision:resnet18"},
                                                     training={**TRAINING, "duration": 2, "eval_every": 2}))
-    work.write_config([user, resnet])
+    early_bird = work.write_experiment("tv_eb", experiment(
+        base, model={"name": "torchvision:resnet18"}, pruning=None,
+        training={**TRAINING, "duration": "2ep", "eval_every": "2ep"},
+        earlybird={"ratios": [0.3], "window": 2, "epsilon": 0.9, "retrain": ["ff", "reinit"]}))
+    work.write_config([user, resnet, early_bird])
     run = work.snakemake().check()
     counts = rule_counts(run.output)
-    assert (counts["dense_round"], counts["prune_round"]) == (2, 2)
+    assert (counts["dense_round"], counts["prune_round"], counts["eb_search"], counts["eb_train"]) == (2, 2, 1, 2)
+    for mode in ("ff", "reinit"):
+        summary = json.loads((work.results / "tv_eb" / "eb" / "seed0" / "p30" / f"eb-{mode}" / "summary.json").read_text())
+        assert summary["drawn"] and summary["equivalence_error"] < 1e-4
+        assert summary["forward_flops_pruned"] < 0.9 * summary["forward_flops_dense"]
+        assert summary["total_flops"] < summary["full_training_flops"] + summary["retrain_flops"]
     assert (work.results / "report.html").is_file()
     for name in ("user", "tv"):
         spec = ExperimentSpec.from_dict(json.loads((work.results / name / "spec.json").read_text()))
@@ -228,3 +239,33 @@ def test_masked_flops_scale_each_layer_by_its_kept_weights(user_module):
     mask["4"].view(-1)[: mask["4"].numel() // 2] = False
     assert flops.masked_forward_flops(net, mask, (3, 8, 8)) == conv / 4 + 256 + linear / 2 + 10
     assert flops.masked_forward_flops(net, masks.ones(net), (3, 8, 8)) == flops.forward_flops(net, (3, 8, 8))
+
+
+# --- Early-Bird channel pruning of torchvision's ResNets -------------------------------------
+
+
+@pytest.mark.parametrize(("name", "groups"), [("resnet18", 8), ("resnet50", 32)])
+def test_resnet_inner_channels_prune_to_the_same_function(name, groups):
+    """Every block's inner BNs (1 per BasicBlock, 2 per Bottleneck) are the channel groups; the
+    physically pruned network equals the masked one in eval mode, and costs fewer FLOPs."""
+    torch.manual_seed(0)
+    net = build_model(ModelSpec(f"torchvision:{name}"), synthetic_data((3, 32, 32), 10))
+    for module in net.modules():
+        if isinstance(module, nn.BatchNorm2d):  # γ, β and statistics that are not all alike
+            nn.init.uniform_(module.weight)
+            nn.init.uniform_(module.bias, -0.1, 0.1)
+    net.train()(torch.randn(8, 3, 32, 32))
+    found = structured.channel_groups(net)
+    assert len(found) == groups
+    assert all(g.bn.rsplit(".", 1)[1] in ("bn1", "bn2") and g.producer is not None for g in found)
+    cm = earlybird.channel_mask(net, 0.5)
+    assert structured.check_equivalence(net, cm, torch.randn(4, 3, 32, 32)) < 1e-4
+    pruned = structured.prune_channels(net, cm)
+    assert flops.forward_flops(pruned, (3, 32, 32)) < 0.8 * flops.forward_flops(net, (3, 32, 32))
+
+
+def test_early_bird_on_resnext_is_refused_before_any_work():
+    doc = {**spec_doc({"name": "torchvision:resnext50_32x4d"}), "earlybird": {"ratios": [0.3]}}
+    del doc["pruning"]
+    with pytest.raises(SpecError, match="cannot run earlybird: layer1.0: grouped convolutions"):
+        resolve(doc, source="exp.yaml")
