@@ -15,6 +15,7 @@ Regenerate with `python -m lotto model-facts config/experiments/*.yaml`.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterable
@@ -112,11 +113,14 @@ def table_text(options: Iterable[dict[str, Any]]) -> str:
 
 
 def _measure_in_child(options: dict[str, Any]) -> ModelFacts:
-    """`measure` in a fresh interpreter (same PYTHONPATH and working directory); the options
-    travel as an argument, never through a shell."""
+    """`measure` in a fresh interpreter that imports what this one would: this process's
+    sys.path (so the same lotto, and a user's module wherever it is found here) and working
+    directory. The options travel as an argument, never through a shell."""
     code = ("import json, sys, dataclasses\nfrom lotto.model_facts import measure\n"
             "print(json.dumps(dataclasses.asdict(measure(json.loads(sys.argv[1])))))")
-    child = subprocess.run([sys.executable, "-c", code, json.dumps(options)], capture_output=True, text=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path for path in sys.path if path)}
+    child = subprocess.run([sys.executable, "-c", code, json.dumps(options)], capture_output=True, text=True,
+                           env=env)
     if child.returncode != 0:
         last = (child.stderr.strip().splitlines() or ["no output"])[-1]
         return ModelFacts(build_error=f"model {options['name']}: building it to read its layers failed: {last}")

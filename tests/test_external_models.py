@@ -15,7 +15,7 @@ import textwrap
 import pytest
 import torch
 from torch import nn
-from workflow_util import Workdir, experiment, job_env, rule_counts
+from workflow_util import REPO, Workdir, experiment, job_env, rule_counts
 
 from lotto import earlybird, flops, masks, model_facts, structured
 from lotto.cli import main
@@ -154,11 +154,15 @@ def test_name_spelling_is_checked_without_importing():
 
 def test_validation_in_a_process_without_torch_measures_in_a_child(user_module, tmp_path):
     """Resolving a user model where torch is not imported (a Snakefile parse) leaves this
-    process without torch and without the user's module: a child process builds the model."""
-    code = ("import sys\nfrom lotto.spec import resolve\n"
+    process without torch and without the user's module: a child process builds the model,
+    importing the same lotto and finding the module where this process does (here both only
+    on sys.path, as Snakemake puts its workflow's folder there, not on PYTHONPATH)."""
+    code = (f"import sys\nsys.path[:0] = [{str(REPO)!r}, {str(tmp_path)!r}]\n"
+            "from lotto.spec import resolve\n"
             f"spec = resolve({spec_doc({'name': f'{user_module}:tiny_cnn'})!r})\n"
             "print(spec.model.name, 'torch' in sys.modules, 'userpkg' in sys.modules)\n")
-    proc = subprocess.run([sys.executable, "-c", code], env=job_env(), capture_output=True, text=True)
+    env = {k: v for k, v in job_env().items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=tmp_path.parent)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == [f"{user_module}:tiny_cnn", "False", "False"]
 
@@ -199,7 +203,7 @@ def test_user_and_torchvision_models_prune_and_train_through_snakemake(user_modu
         summary = json.loads((work.results / "tv_eb" / "eb" / "seed0" / "p30" / f"eb-{mode}" / "summary.json").read_text())
         assert summary["drawn"] and summary["equivalence_error"] < 1e-4
         assert summary["forward_flops_pruned"] < 0.9 * summary["forward_flops_dense"]
-        assert summary["total_flops"] < summary["full_training_flops"] + summary["retrain_flops"]
+        assert summary["retrain_flops"] < 0.9 * summary["full_training_flops"], "the smaller net trains cheaper"
     assert (work.results / "report.html").is_file()
     for name in ("user", "tv"):
         spec = ExperimentSpec.from_dict(json.loads((work.results / name / "spec.json").read_text()))
