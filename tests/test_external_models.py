@@ -1,7 +1,8 @@
 """Models outside the registry (lotto.external_models): torchvision's by name and a user's by
 import path, pruned by lotto's own mask code, refused clearly when they cannot be, and run end
-to end through Snakemake. ~60 s on 2 idle cores, most of it the one Snakemake run of both
-models (~45 s: ~15 jobs, each importing torch)."""
+to end through Snakemake. Cost: the unit tests ~15 s; the one Snakemake run (a user model and
+ResNet-18 IMP rounds, a ResNet-18 Early-Bird search and two retrainings; 24 jobs, each
+importing torch) ~60 s of CPU, 156 s wall on 2 cores shared at load 6."""
 
 from __future__ import annotations
 
