@@ -274,3 +274,24 @@ def test_early_bird_on_resnext_is_refused_before_any_work():
     del doc["pruning"]
     with pytest.raises(SpecError, match="cannot run earlybird: layer1.0: grouped convolutions"):
         resolve(doc, source="exp.yaml")
+
+
+@pytest.mark.parametrize("with_top5", [True, False])
+def test_early_bird_table_shows_top5_only_where_the_runs_have_it(tmp_path, with_top5):
+    """ImageNet-sized datasets give top-5 rows (EB Table 3 reports it): the table gains a top-5
+    column for the dense row and each retraining; a 10-class dataset's table keeps its columns."""
+    import pandas as pd
+
+    from lotto import eb_figures
+
+    top5 = {"test_top5": 0.8912} if with_top5 else {}
+    summaries = pd.DataFrame([{"ratio": 0.3, "ticket": "eb", "mode": "ff", "epoch": 12, "test_accuracy": 0.6828,
+                               "total_flops": 9.5e17, "forward_flops_pruned": 2.6e9, "forward_flops_dense": 3.6e9,
+                               "weight_density": 0.7, "full_training_flops": 1.26e18, **top5}])
+    search = {"trained_to_end": True, "epochs_total": 90, "dense_test_accuracy": 0.6957,
+              **({"dense_test_top5": 0.8924} if with_top5 else {})}
+    text = eb_figures.write_table(summaries, [search], tmp_path / "t.md")
+    header, *_ = text.splitlines()[next(i for i, line in enumerate(text.splitlines()) if line.startswith("|")):]
+    assert ("top-5 acc. (%)" in header) == with_top5
+    assert ("| 89.24 |" in text and "| 89.12 |" in text) == with_top5
+    assert "| 69.57 |" in text and "| 68.28 |" in text
