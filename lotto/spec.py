@@ -463,8 +463,7 @@ def _resolve_model(m: dict[str, Any], dataset: DatasetSpec, bad: Any) -> ModelSp
         bad("model.options", f"only for 'torchvision:<name>' and '<module>:<callable>' models, not the "
             f"registry model {m['name']!r} (its options: dropout, width, bn_momentum, bn_eps)")
         return ModelSpec(name=m["name"])
-    names = [m["name"]] if is_external(m["name"]) else _model_names(m["name"])
-    if m["name"] not in names:
+    elif m["name"] not in (names := _model_names(m["name"])):
         close = difflib.get_close_matches(m["name"], names, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         bad("model.name", f"unknown model {m['name']!r}{hint}; choose one of: {', '.join(names)}")
