@@ -242,12 +242,15 @@ def cmd_modification_table(args: argparse.Namespace) -> None:
 
 def cmd_layers(args: argparse.Namespace) -> None:
     from lotto.masks import layer_table
-    from lotto.spec import DATASET_FACTS, DatasetSpec, ModelSpec, build_model
+    from lotto.model_facts import model_options, shapes_only_model
+    from lotto.spec import DATASET_FACTS, DatasetSpec, ModelSpec
 
     dataset = args.dataset or ("mnist" if args.model.startswith(("lenet", "mlp")) else "cifar10")
     if dataset not in DATASET_FACTS:
         raise InvalidValue(f"unknown dataset {dataset!r}; choose one of: {', '.join(DATASET_FACTS)}")
-    rows = layer_table(build_model(ModelSpec(args.model, width=args.width), DatasetSpec(dataset), "meta"))
+    options = _json_object("--options", args.options)
+    model = ModelSpec(args.model, width=args.width, options=None if options is None else tuple(sorted(options.items())))
+    rows = layer_table(shapes_only_model(model_options(model, DatasetSpec(dataset))))
     shape = "x".join(map(str, DATASET_FACTS[dataset]["shape"]))
     print(f"{args.model} on {dataset} ({shape}): {len(rows)} prunable layers, "
           f"{sum(r['weights'] for r in rows):,} weights; pruning.exclude takes the name or the module")
@@ -258,6 +261,19 @@ def cmd_layers(args: argparse.Namespace) -> None:
     for *text, weights in table:
         cells = [cell.ljust(width) for cell, width in zip(text, widths, strict=False)]
         print("  ".join([*cells, weights.rjust(widths[-1])]))
+
+
+def _json_object(flag: str, text: str | None) -> dict | None:
+    """A command-line JSON object (None when the flag is absent)."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise InvalidValue(f"{flag}: {text!r} is not JSON ({err})") from err
+    if not isinstance(value, dict):
+        raise InvalidValue(f"{flag}: {text!r} is not a JSON object; write e.g. '{{\"zero_init_residual\": true}}'")
+    return value
 
 
 def cmd_model_facts(args: argparse.Namespace) -> None:
@@ -452,9 +468,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verb("layers", cmd_layers, "list a model's prunable layers: readable name, module path, kind, "
              "weight shape and count (what pruning.exclude and pruning.rates refer to)")
-    p.add_argument("model", help="a registered model (lotto.models.model_names())")
+    p.add_argument("model", help="a registered model (lotto.models.model_names()), torchvision:<builder> "
+                   "or <module.path>:<callable>")
     p.add_argument("--dataset", help="input shape and classes (default: mnist for lenet*/mlp*, else cifar10)")
     p.add_argument("--width", type=float, default=1.0, help="model.width, the channel multiplier")
+    p.add_argument("--options", help="model.options of a torchvision or import-path model, as a JSON object")
 
     p = verb("model-facts", cmd_model_facts, "rewrite lotto/model_facts.json, the model facts spec validation "
              "reads without torch, for the models of these experiments (tests/test_model_facts.py checks it)")

@@ -258,6 +258,7 @@ def search(spec: ExperimentSpec, data_path: str | Path, seed: int, out: str | Pa
         "iterations": max(r["step"] for r in result.rows),
         "trained_to_end": last_epoch == epochs,
         "dense_test_accuracy": [r for r in result.rows if r["split"] == "test"][-1]["accuracy"],
+        **_top5("dense_test_top5", [r for r in result.rows if r["split"] == "test"][-1]),
         "draw_epoch": draw,
         "distances": {label: [[round(float(v), 6) for v in row] for row in pairwise_distances(torch.stack(h))]
                       for label, h in history.items()},
@@ -346,6 +347,7 @@ def retrain(spec: ExperimentSpec, data_path: str | Path, seed: int, search_dir: 
         "drawn": drawn,
         "status": result.status,
         "test_accuracy": tests[-1]["accuracy"],
+        **_top5("test_top5", tests[-1]),
         "weight_density": density,
         "forward_flops_dense": dense_forward,
         "forward_flops_pruned": pruned_forward,
@@ -359,6 +361,12 @@ def retrain(spec: ExperimentSpec, data_path: str | Path, seed: int, search_dir: 
     }
     io.write_json(out / "summary.json", summary)
     return summary
+
+
+def _top5(key: str, row: dict[str, Any]) -> dict[str, float]:
+    """{key: top-5 accuracy} where the evaluation has one (many classes), else nothing, so the
+    files of datasets without it stay as they were."""
+    return {key: row["top5"]} if row.get("top5") is not None else {}
 
 
 def _parameter_count(model: nn.Module) -> int:

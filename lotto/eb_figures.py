@@ -63,9 +63,14 @@ def read_summaries(paths: list[str | Path]) -> pd.DataFrame:
     return frame
 
 
-def _dense_accuracy(searches: list[dict]) -> float | None:
-    finals = [s["dense_test_accuracy"] for s in searches if s["trained_to_end"]]
+def _dense_accuracy(searches: list[dict], key: str = "dense_test_accuracy") -> float | None:
+    finals = [s[key] for s in searches if s["trained_to_end"] and s.get(key) is not None]
     return float(np.mean(finals)) if finals else None
+
+
+def _has_top5(summaries: pd.DataFrame) -> bool:
+    """Whether the retrainings report top-5 accuracy (datasets of many classes)."""
+    return "test_top5" in summaries and bool(summaries["test_top5"].notna().any())
 
 
 def _figure(width_panels: int = 1) -> Figure:
@@ -162,8 +167,10 @@ def table_rows(summaries: pd.DataFrame, searches: list[dict]) -> list[dict]:
     dense = _dense_accuracy(searches)
     if dense is not None:
         full = float(summaries["full_training_flops"].mean())
+        dense_top5 = _dense_accuracy(searches, "dense_test_top5")
         rows.append({"p": "-", "method": "Dense (full training only, no retrain)", "epoch": searches[0]["epochs_total"],
-                     "accuracy": f"{dense * 100:.2f}", "total_flops": f"{full:.3g}",
+                     "accuracy": f"{dense * 100:.2f}",
+                     "top5": "-" if dense_top5 is None else f"{dense_top5 * 100:.2f}", "total_flops": f"{full:.3g}",
                      "inference_flops": f"{summaries['forward_flops_dense'].iloc[0]:.3g}", "density": "1.000"})
     for ratio, by_ratio in summaries.groupby("ratio"):
         for method, ticket, mode in METHODS:
@@ -177,6 +184,7 @@ def table_rows(summaries: pd.DataFrame, searches: list[dict]) -> list[dict]:
                 "method": method,
                 "epoch": f"{chosen['epoch'].mean():.3g}",
                 "accuracy": f"{accuracy.mean():.2f}{spread}",
+                "top5": f"{chosen['test_top5'].mean() * 100:.2f}" if _has_top5(chosen) else "-",
                 "total_flops": f"{chosen['total_flops'].mean():.3g}",
                 "inference_flops": f"{chosen['forward_flops_pruned'].mean():.3g}",
                 "density": f"{chosen['weight_density'].mean():.3f}",
@@ -189,6 +197,7 @@ HEADERS = {
     "method": "method",
     "epoch": "ticket epoch",
     "accuracy": "test acc. (%)",
+    "top5": "top-5 acc. (%)",  # shown only where the retrainings have it (lotto.eb_figures._has_top5)
     "total_flops": "training FLOPs (search + retrain)",
     "inference_flops": "inference FLOPs / example",
     "density": "weights kept",
@@ -209,7 +218,8 @@ def write_table(summaries: pd.DataFrame, searches: list[dict], out: str | Path,
     """Table 2's shape in Markdown (and as an HTML fragment for the report when asked), from the
     package's table templates; returns the Markdown written. `energy` (lotto.energy's sentence
     for the search and retraining jobs, '' when none was measured) follows the FLOPs note."""
-    rows = [{"cells": [str(row[key]) for key in HEADERS], "group_start": False}
+    headers = {key: name for key, name in HEADERS.items() if key != "top5" or _has_top5(summaries)}
+    rows = [{"cells": [str(row[key]) for key in headers], "group_start": False}
             for row in table_rows(summaries, searches)]
     caption = f"{title + ': ' if title else ''}Early-Bird tickets against the dense model. {TABLE_NOTE}"
     if energy:
@@ -219,6 +229,6 @@ def write_table(summaries: pd.DataFrame, searches: list[dict], out: str | Path,
     for path, template in ((out, "table.md.j2"), (out_html, "table.html.j2")):
         if path is not None:
             texts[template] = environment.get_template(template).render(
-                header=list(HEADERS.values()), rows=rows, caption=caption, numeric_from=2)
+                header=list(headers.values()), rows=rows, caption=caption, numeric_from=2)
             io.write_text(path, texts[template])
     return texts["table.md.j2"]

@@ -15,6 +15,9 @@ Regenerate with `python -m lotto model-facts config/experiments/*.yaml`.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from functools import cache
@@ -33,8 +36,10 @@ class ModelFacts:
 
 
 def model_options(model: Any, dataset: Any) -> dict[str, Any]:
-    """lotto.models.create_model's arguments for a ModelSpec on a DatasetSpec."""
-    return {
+    """lotto.models.create_model's arguments for a ModelSpec on a DatasetSpec (`options` only
+    where set, so the table's keys of registry models stay as they were)."""
+    extra = {} if model.options is None else {"options": dict(model.options)}
+    return extra | {
         "name": model.name,
         "input_shape": dataset.input_shape,
         "num_classes": dataset.num_classes,
@@ -51,26 +56,45 @@ def tabulated_model_names() -> list[str]:
 
 
 def facts(options: dict[str, Any]) -> ModelFacts:
-    """The facts of the model `options` builds: from the table, else measured (imports torch)."""
+    """The facts of the model `options` builds: from the table, else measured: here when this
+    process has imported torch already, else in a child process, so a Snakefile parse never
+    imports torch (nor a user's model module) whatever the model."""
     key = _key(options)
     if key not in _measured:
         row = _table()["facts"].get(key)
-        _measured[key] = _from_row(row) if row is not None else measure(options)
+        if row is not None:
+            _measured[key] = _from_row(row)
+        else:
+            _measured[key] = measure(options) if "torch" in sys.modules else _measure_in_child(options)
     return _measured[key]
 
 
-def measure(options: dict[str, Any]) -> ModelFacts:
-    """Build the model on the meta device and ask the modules that use each fact."""
+def shapes_only_model(options: dict[str, Any]) -> Any:
+    """The model `options` builds, on the meta device (no memory, no arithmetic). A torchvision
+    or user model that cannot be built there (its init computes on the weights) is built on the
+    CPU instead, so only a real refusal raises."""
     import torch
 
-    from lotto.masks import prunable_layers, readable_names
+    from lotto.external_models import is_external
     from lotto.models import create_model
+
+    try:
+        with torch.device("meta"):
+            return create_model(**options)
+    except ValueError:
+        if not is_external(options["name"]):
+            raise
+        return create_model(**options)
+
+
+def measure(options: dict[str, Any]) -> ModelFacts:
+    """Build the model (`shapes_only_model`) and ask the modules that use each fact."""
+    from lotto.masks import prunable_layers, readable_names
     from lotto.structured import channel_groups
     from lotto.vmap import check_vectorisable
 
     try:
-        with torch.device("meta"):
-            net = create_model(**options)
+        net = shapes_only_model(options)
     except ValueError as err:
         return ModelFacts(build_error=str(err))
     readable = {path: name for name, path in readable_names(net).items()}
@@ -86,6 +110,21 @@ def table_text(options: Iterable[dict[str, Any]]) -> str:
     rows = {_key(o): json.dumps(asdict(measure(o))) for o in options}
     facts_lines = ",\n".join(f"  {json.dumps(key)}: {row}" for key, row in sorted(rows.items()))
     return f'{{\n "models": {json.dumps(model_names())},\n "facts": {{\n{facts_lines}\n }}\n}}\n'
+
+
+def _measure_in_child(options: dict[str, Any]) -> ModelFacts:
+    """`measure` in a fresh interpreter that imports what this one would: this process's
+    sys.path (so the same lotto, and a user's module wherever it is found here) and working
+    directory. The options travel as an argument, never through a shell."""
+    code = ("import json, sys, dataclasses\nfrom lotto.model_facts import measure\n"
+            "print(json.dumps(dataclasses.asdict(measure(json.loads(sys.argv[1])))))")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path for path in sys.path if path)}
+    child = subprocess.run([sys.executable, "-c", code, json.dumps(options)], capture_output=True, text=True,
+                           env=env)
+    if child.returncode != 0:
+        last = (child.stderr.strip().splitlines() or ["no output"])[-1]
+        return ModelFacts(build_error=f"model {options['name']}: building it to read its layers failed: {last}")
+    return _from_row(json.loads(child.stdout.strip().splitlines()[-1]))
 
 
 def _refusal(check: Any, net: Any) -> str | None:

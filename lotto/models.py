@@ -24,10 +24,12 @@ import functools
 import inspect
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from torch import Tensor, nn
 
 from lotto.errors import InvalidValue
+from lotto.external_models import create_external, is_external
 
 Shape = tuple[int, int, int]
 ModelBuilder = Callable[..., nn.Module]
@@ -71,8 +73,19 @@ def create_model(
     bn_momentum: float = 0.1,
     bn_eps: float = 1e-5,
     width: float = 1.0,
+    options: dict[str, Any] | None = None,
 ) -> nn.Module:
-    """Build model `name` for inputs of shape (C, H, W); initialised from torch's global RNG."""
+    """Build model `name` for inputs of shape (C, H, W); initialised from torch's global RNG.
+
+    A name with a colon is a torchvision or user model built with `options`
+    (lotto.external_models); registry models take no options.
+    """
+    if is_external(name):
+        return _create_external(name, _checked_shape(input_shape), num_classes, options or {},
+                                dropout=dropout, width=width, bn_momentum=bn_momentum, bn_eps=bn_eps)
+    if options is not None:
+        raise InvalidValue(f"model {name!r} takes no model.options (they are for 'torchvision:<name>' "
+                           f"and '<module>:<callable>' models); its options: dropout, width, bn_momentum, bn_eps")
     if name not in _REGISTRY:
         raise InvalidValue(f"unknown model {name!r}; choose one of: {', '.join(model_names())}")
     builder, supported = _REGISTRY[name]
@@ -104,6 +117,24 @@ def create_model(
     for batch_norm in batch_norms:
         batch_norm.momentum = bn_momentum
         batch_norm.eps = bn_eps
+    return model
+
+
+def _create_external(name: str, shape: Shape, num_classes: int, options: dict[str, Any], *,
+                     dropout: float, width: float, bn_momentum: float, bn_eps: float) -> nn.Module:
+    """A torchvision or user model, its BatchNorm momentum and epsilon set as for registry models."""
+    refused = [f"{key}={value!r}" for key, value in (("dropout", dropout), ("width", width))
+               if value != _OPTION_DEFAULTS[key]]
+    if refused:
+        raise InvalidValue(f"model {name!r} does not support {', '.join(refused)} (registry options); "
+                           "pass the model's own keywords in model.options")
+    _check_range("bn_momentum", bn_momentum, 0.0 <= bn_momentum <= 1.0, "[0, 1]")
+    _check_range("bn_eps", bn_eps, bn_eps > 0.0, "> 0")
+    model = create_external(name, input_shape=shape, num_classes=num_classes, options=options)
+    for batch_norm in model.modules():
+        if isinstance(batch_norm, nn.BatchNorm2d):
+            batch_norm.momentum = bn_momentum
+            batch_norm.eps = bn_eps
     return model
 
 

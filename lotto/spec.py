@@ -26,6 +26,8 @@ import yaml
 
 from lotto import image_folder
 from lotto.errors import InvalidValue
+from lotto.external_models import is_external
+from lotto.external_models import name_problem as external_name_problem
 from lotto.inputs import (
     SAFE_NAME,
     SAFE_NAME_RULE,
@@ -546,8 +548,15 @@ def _check_channel_prunable(model: ModelSpec, dataset: DatasetSpec, bad: Any) ->
 
 
 def _resolve_model(m: dict[str, Any], dataset: DatasetSpec, bad: Any) -> ModelSpec:
-    names = _model_names(m["name"])
-    if m["name"] not in names:
+    if is_external(m["name"]):
+        if problem := external_name_problem(m["name"]):
+            bad("model.name", problem)
+            return ModelSpec(name=m["name"])
+    elif "options" in m:
+        bad("model.options", f"only for 'torchvision:<name>' and '<module>:<callable>' models, not the "
+            f"registry model {m['name']!r} (its options: dropout, width, bn_momentum, bn_eps)")
+        return ModelSpec(name=m["name"])
+    elif m["name"] not in (names := _model_names(m["name"])):
         close = difflib.get_close_matches(m["name"], names, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         bad("model.name", f"unknown model {m['name']!r}{hint}; choose one of: {', '.join(names)}")
@@ -562,10 +571,16 @@ def _resolve_model(m: dict[str, Any], dataset: DatasetSpec, bad: Any) -> ModelSp
         width=float(m.get("width", ModelSpec.width)),
         bn_momentum=round(float(momentum), 12),
         bn_eps=float(m.get("bn_eps", ModelSpec.bn_eps)),
+        options=None if "options" not in m else tuple(sorted((k, _frozen(v)) for k, v in m["options"].items())),
     )
     if (err := _model_facts(spec, dataset).build_error) is not None:
         bad("model", err)
     return spec
+
+
+def _frozen(value: Any) -> Any:
+    """A model option as the spec holds it (lists as tuples, as lotto.spec_types reads them back)."""
+    return tuple(_frozen(v) for v in value) if isinstance(value, list) else value
 
 
 def _model_names(name: str) -> list[str]:
@@ -692,7 +707,7 @@ def _resolve_mask_training(p: dict[str, Any], training: TrainingSpec, step: Any,
 def _check_kinds_have_rates(model: ModelSpec, dataset: DatasetSpec, rates: dict, exclude: list) -> None:
     known = _model_facts(model, dataset)
     if known.build_error is not None:
-        raise InvalidValue(known.build_error)
+        return  # reported on its own (model)
     kinds = {kind for _, path, kind in known.layers if path not in exclude}
     missing = sorted(kinds - set(rates))
     if missing:

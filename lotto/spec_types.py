@@ -107,6 +107,9 @@ class ModelSpec:
     width: float = 1.0
     bn_momentum: float = 0.1  # PyTorch convention after resolution
     bn_eps: float = 1e-5
+    # a torchvision or import-path model's keyword arguments (lotto.external_models), sorted
+    # (key, value) pairs with lists as tuples; None for registry models, so their hashes stay
+    options: tuple[tuple[str, Any], ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -310,6 +313,7 @@ class ExperimentSpec:
 _ADDED_LATER: dict[str | None, tuple[str, ...]] = {
     None: ("earlybird", "transfer_from"),
     "pruning": ("mask_training",),
+    "model": ("options",),
     "training": ("vectorize_seeds", "cuda_graph", "precision", "loader_workers"),
     "dataset": ("image_size", "resize", "folder_classes", "torchvision"),
 }

@@ -14,13 +14,20 @@ physically pruned model computes the same function in eval mode with smaller lay
   reading its output (the block's first conv, a pre-activated shortcut, the classifier)
   lose the input channel.
 
-Supported: VGG and pre-activation ResNets (PreResNet, WRN). Post-activation ResNets add a
-BN output to the shortcut, so their channels cannot be removed by this rule.
+Supported: VGG and pre-activation ResNets (PreResNet, WRN), and torchvision's ResNets
+(`torchvision:resnet18/34/50/101/152`, `wide_resnet50_2/101_2`). lotto's own post-activation
+CIFAR ResNets add a BN output to the shortcut, so their channels cannot be removed by this rule.
+In torchvision's (post-activation) ResNets only each block's inner channels are pruned: bn1
+of a BasicBlock, bn1 and bn2 of a Bottleneck, each between two convs of its block. The BNs whose
+output joins the residual stream (the stem's bn1, each block's last BN, the downsampling BN)
+keep all their channels, as the stream's width is shared by every block of a stage.
 """
 
 from __future__ import annotations
 
 import copy
+import sys
+import types
 from dataclasses import dataclass
 
 import torch
@@ -59,10 +66,13 @@ def channel_groups(model: nn.Module) -> list[ChannelGroup]:
         return _vgg_groups(model)
     if isinstance(model, PreActResNet):
         return _preact_groups(model)
+    torchvision_resnet = sys.modules.get("torchvision.models.resnet")  # not imported: not one of its models
+    if torchvision_resnet is not None and isinstance(model, torchvision_resnet.ResNet):
+        return _torchvision_resnet_groups(model, torchvision_resnet)
     raise InvalidValue(
-        f"structured channel pruning supports VGG and pre-activation ResNets "
-        f"(vgg*, preresnet*, wrn_*), not {type(model).__name__}; post-activation ResNets add "
-        "BN outputs to the shortcut, so their channels cannot be removed"
+        f"structured channel pruning supports VGG, pre-activation ResNets (vgg*, preresnet*, "
+        f"wrn_*) and torchvision's ResNets (torchvision:resnet*), not {type(model).__name__}; "
+        "lotto's post-activation ResNets add BN outputs to the shortcut, so their channels cannot be removed"
     )
 
 
@@ -88,6 +98,26 @@ def _preact_groups(model: PreActResNet) -> list[ChannelGroup]:
             if isinstance(block, PreActBottleneck):
                 groups.append(ChannelGroup(f"{prefix}.bn3", f"{prefix}.conv2", (f"{prefix}.conv3",)))
     groups.append(ChannelGroup("bn", None, ("fc",)))
+    return groups
+
+
+def _torchvision_resnet_groups(model: nn.Module, resnet: types.ModuleType) -> list[ChannelGroup]:
+    """The inner BNs of every block (see the module docstring), stage by stage."""
+    groups = []
+    for stage in ("layer1", "layer2", "layer3", "layer4"):
+        for block_name, block in getattr(model, stage).named_children():
+            prefix = f"{stage}.{block_name}"
+            if isinstance(block, resnet.Bottleneck):
+                if block.conv2.groups != 1:
+                    raise InvalidValue(f"{prefix}: grouped convolutions (ResNeXt) are not supported by "
+                                       "channel pruning; use a resnet* or wide_resnet* model")
+                inner = (("bn1", "conv1", "conv2"), ("bn2", "conv2", "conv3"))
+            elif isinstance(block, resnet.BasicBlock):
+                inner = (("bn1", "conv1", "conv2"),)
+            else:
+                raise InvalidValue(f"{prefix}: unknown residual block {type(block).__name__}")
+            groups += [ChannelGroup(f"{prefix}.{bn}", f"{prefix}.{producer}", (f"{prefix}.{consumer}",))
+                       for bn, producer, consumer in inner]
     return groups
 
 
@@ -196,10 +226,13 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
 
 @torch.no_grad()
 def max_output_difference(model: nn.Module, channel_mask: ChannelMask, x: Tensor) -> float:
-    """Largest |pruned(x) - masked(x)| in eval mode: ~0 (float rounding) when pruning is right."""
-    masked = copy.deepcopy(model).eval()
+    """Largest |pruned(x) - masked(x)| in eval mode, computed in float64: ~1e-12 when pruning
+    is right (in float32 a deep net's large outputs, e.g. a ResNet-18's, differ by ~1e-4 from
+    summation order alone)."""
+    masked = copy.deepcopy(model).double().eval()
     mask_bn_(masked, channel_mask)
     pruned = prune_channels(masked, channel_mask).eval()
+    x = x.double()
     return float((pruned(x) - masked(x)).abs().max())
 
 

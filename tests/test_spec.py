@@ -377,6 +377,7 @@ CHANGED_VALUE = {
                           ("shape", (1, 8, 8))),
     "model.name": "lenet5", "model.dropout": 0.5, "model.width": 2.0, "model.bn_momentum": 0.01,
     "model.bn_eps": 1e-3,
+    "model.options": (("zero_init_residual", True),),
     "training.optimizer": "sgd", "training.lr": 0.01, "training.batch_size": 30,
     "training.duration": 80, "training.momentum": 0.9, "training.nesterov": True,
     "training.weight_decay": 1e-4, "training.l2": 1e-4, "training.bn_l1": 1e-4,
