@@ -40,9 +40,9 @@ class FolderError(InvalidValue):
 
 @dataclass(frozen=True)
 class FolderFacts:
-    """What planning needs: the classes and how many training images (before the hold-out)."""
+    """What planning needs: how many classes and training images (before the hold-out)."""
 
-    classes: tuple[str, ...]
+    num_classes: int
     train_size: int
 
 
@@ -92,17 +92,21 @@ def classes_of(root: str | os.PathLike, kind: str) -> tuple[str, ...]:
 def facts(root: str | os.PathLike, kind: str) -> FolderFacts:
     """Classes and training-set size. ImageNet's size is its published one (listing 1.28M
     files at every planning would cost minutes on a network file system); an image folder's
-    is counted, and an empty class folder is refused here, before any job starts."""
+    is counted, and an empty class folder is refused here, before any job starts. ImageNet
+    absent from this machine (a dry run of its presets, a cluster's login node) is planned from
+    its published facts; its prepare job (`index`) refuses the missing folder before any training."""
+    if kind == "imagenet" and not os.path.exists(root):
+        return FolderFacts(IMAGENET_CLASSES, IMAGENET_TRAIN_SIZE)
     classes = classes_of(root, kind)
     if kind == "imagenet":
-        return FolderFacts(classes, IMAGENET_TRAIN_SIZE)
+        return FolderFacts(len(classes), IMAGENET_TRAIN_SIZE)
     train = Path(root) / "train"
     sizes = {c: len(_images(train / c)) for c in classes}
     empty = [c for c, n in sizes.items() if n == 0]
     if empty:
         raise FolderError(f"{train / empty[0]}: no .jpg/.jpeg images in this class folder "
                           f"({len(empty)} empty class folder(s): {', '.join(empty[:5])})")
-    return FolderFacts(classes, sum(sizes.values()))
+    return FolderFacts(len(classes), sum(sizes.values()))
 
 
 def _header_problem(path: Path) -> str | None:

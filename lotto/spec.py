@@ -345,7 +345,7 @@ def _resolve_streamed(d: dict[str, Any], bad: Any) -> tuple[DatasetSpec, int]:
         except (image_folder.FolderError, OSError) as err:
             bad("dataset.root", str(err))
         else:
-            classes, train_size = len(found.classes), found.train_size
+            classes, train_size = found.num_classes, found.train_size
             if val_size >= train_size:
                 bad("dataset.val_size", f"{val_size} leaves no training data; allowed: < {train_size} "
                     f"(the images in {root}/train)")

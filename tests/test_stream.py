@@ -297,6 +297,17 @@ def test_an_unreadable_folder_reports_only_its_own_error():
     assert str(err.value) == "<experiment>: dataset.root: dataset.root '/no/such/folder': no such folder"
 
 
+def test_imagenet_absent_here_is_planned_from_its_published_facts_and_refused_by_its_index(tmp_path):
+    """A dry run of an ImageNet preset works where ImageNet is not (CI, a login node); the prepare
+    job, the first of the DAG, refuses the missing folder before any training."""
+    missing = tmp_path / "imagenet"
+    spec = resolve(_doc(missing, name="imagenet", image_size=224, resize=256, val_size=5000))
+    assert spec.dataset.num_classes == image_folder.IMAGENET_CLASSES == 1000
+    assert spec.training.duration == 2 * ((image_folder.IMAGENET_TRAIN_SIZE - 5000) // 16)
+    with pytest.raises(image_folder.FolderError, match="no such folder"):
+        image_folder.index(missing, "imagenet")
+
+
 def test_spec_refuses_an_empty_class_folder_before_any_job(tmp_path):
     write_image_folder(tmp_path, classes=3, train_per_class=2, test_per_class=1)
     (tmp_path / "train" / "n00000003").mkdir()
