@@ -1,5 +1,6 @@
 """A study on an image folder through Snakemake's default target: the folder indexed by the
-prepare job (never copied), round 0 and a pruned round of conv2 read from JPEG files, metrics
+prepare job (never copied), round 0 and a pruned round of torchvision's ResNet-18 (the ImageNet
+network, here on 32-px crops) read from JPEG files, metrics
 with top-5 accuracy, and the figures, table and report. The folder's name holds a space and a
 quote, which reach the job only quoted. Cost: ~45 s on an idle 2-core machine (9 jobs), ~75 s
 under load; the refusal test ~10 s."""
@@ -10,14 +11,14 @@ import pyarrow.parquet as pq
 from fixtures import write_image_folder
 from workflow_util import Workdir, rule_counts
 
-from lotto import metrics
+from lotto import masks, metrics
 
 EXPERIMENT = {
     "dataset": {"name": "imagefolder", "val_size": 20, "image_size": 32, "resize": 36},
-    "model": {"name": "conv2"},
+    "model": {"name": "torchvision:resnet18"},
     "training": {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "batch_size": 16, "duration": 6,
                  "eval_every": 3, "device": "cpu", "loader_workers": 1},
-    "pruning": {"rounds": 1, "rates": {"conv": 0.1, "fc": 0.2}},
+    "pruning": {"rounds": 1, "rates": {"conv": 0.2, "output": 0.1}},
 }
 
 
@@ -40,6 +41,8 @@ def test_image_folder_study_through_the_default_target(tmp_path):
     evaluated = frame[frame.split != "train"]
     assert sorted(evaluated["round"].unique()) == [0, 1] and evaluated.top5.notna().all()
     assert (evaluated.top5 >= evaluated.accuracy).all() and frame[frame.split == "train"].top5.isna().all()
+    mask = masks.load(work.results / "folder" / "seed0" / "round1" / "mask.pt")
+    assert len(mask) == 21 and mask["fc"].shape == (12, 512), "ResNet-18's 20 convs and fc, 12 classes"
     table = (work.results / "tables" / "folder.md").read_text()
     assert "Final top-5 acc. (%)" in table
     for kind in ("accuracy", "early_stop", "curves"):
