@@ -3,7 +3,7 @@
 Validating an experiment asks of its model: can it be built with these options (and if not,
 why), which layers are prunable (readable name, module path, kind), can its seeds train
 together (lotto.vmap.check_vectorisable) and can Early-Bird prune its channels
-(lotto.structured.channel_groups). Building the model to answer imports torch (~2.7 s), which
+(lotto.channels.channel_groups). Building the model to answer imports torch (~2.7 s), which
 every `snakemake` start and every cluster job's inner snakemake would pay. So the answers for
 the model options the presets use are measured once, from the real models on the meta device,
 and shipped as model_facts.json; a combination the table lacks (another width, a model
@@ -63,9 +63,9 @@ def measure(options: dict[str, Any]) -> ModelFacts:
     """Build the model on the meta device and ask the modules that use each fact."""
     import torch
 
+    from lotto.channels import channel_groups
     from lotto.masks import prunable_layers, readable_names
     from lotto.models import create_model
-    from lotto.structured import channel_groups
     from lotto.vmap import check_vectorisable
 
     try:
