@@ -32,6 +32,7 @@ import torch
 
 from lotto import data as datasets
 from lotto import io, layout, masks, metrics, optimal_masks, prune
+from lotto.criteria import BATCH, CRITERION_FACTS, LEARNED_LOGITS
 from lotto.errors import InvalidValue
 from lotto.round_plan import BRANCHES, start_point
 from lotto.spec import ExperimentSpec, TrainingSpec, seed_vectorisation_problems
@@ -218,11 +219,12 @@ def _write_pruned(out: Path, spec: ExperimentSpec, seed: int, round_: int, mask:
 def _criterion_scores(spec: ExperimentSpec, splits: datasets.Splits, seed: int, dense_dir: Path,
                       scores_file: Path | None, device: torch.device) -> dict[str, torch.Tensor] | None:
     """Scores of the criteria that need more than the weights (None: prune computes them)."""
-    if spec.pruning.criterion == "snip":
+    scored_from = CRITERION_FACTS[spec.pruning.criterion].scored_from
+    if scored_from == BATCH:
         return _snip_scores(spec, splits, seed, dense_dir, device)
-    if spec.pruning.criterion == "optimal_mask":
+    if scored_from == LEARNED_LOGITS:
         if scores_file is None:
-            raise InvalidValue("criterion optimal_mask needs the learned logits: pass --scores "
+            raise InvalidValue(f"criterion {spec.pruning.criterion} needs the learned logits: pass --scores "
                                f"(the {layout.LOGITS_FILE} written by 'lotto learn-mask')")
         return optimal_masks.as_scores(_load_state(scores_file, torch.device("cpu")))
     return None
