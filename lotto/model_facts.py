@@ -21,7 +21,10 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-TABLE = Path(__file__).with_name("model_facts.json")
+import lotto
+
+# Package data at the package root (pyproject.toml ships it), wherever this module lives.
+TABLE = Path(lotto.__file__).with_name("model_facts.json")
 
 
 @dataclass(frozen=True)
