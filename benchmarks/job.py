@@ -82,7 +82,7 @@ def phases(data: Path, spec_path: Path, out: Path) -> dict[str, tuple[float, flo
     mark("import torch")
     torch.set_num_threads(1)
     from lotto import data as datasets
-    from lotto import io, rounds, train
+    from lotto import io, rounds, startup, train
     from lotto.spec import ExperimentSpec
 
     mark("import lotto (rounds, metrics: pyarrow)")
@@ -109,7 +109,7 @@ def phases(data: Path, spec_path: Path, out: Path) -> dict[str, tuple[float, flo
         marks["split + standardise"][1] - load_cpu,
     )
     spec = ExperimentSpec.from_dict(json.loads(spec_path.read_text()))
-    model = rounds._new_model(spec, 0, torch.device("cpu"))
+    model = startup.new_model(spec, 0, torch.device("cpu"))
     optimizer = train.make_optimizer(model.parameters(), spec.training)
     model(torch.zeros(1, 1, 28, 28)).sum().backward()
     optimizer.step()

@@ -51,9 +51,10 @@ from lotto.eb_plan import (
     total_epochs,
 )
 from lotto.errors import CannotRun, InvalidValue
-from lotto.rounds import derived_seed, load_data
-from lotto.spec import ExperimentSpec, PruningSpec, build_model
-from lotto.train import resolve_device, train
+from lotto.models import init_kaiming
+from lotto.spec import ExperimentSpec, PruningSpec
+from lotto.startup import derived_seed, new_model, start_job
+from lotto.train import train
 
 PRECISIONS = ("fp32", "bf16", "int8sim")
 RETRAIN_MODES = ("ff", "reinit", "lt_oneshot")
@@ -164,11 +165,6 @@ def _ticket_file(search_dir: Path, ratio: float, label: str) -> Path:
     return search_dir / "tickets" / f"{ratio_label(ratio)}_{label}.pt"
 
 
-def _new_model(spec: ExperimentSpec, init_seed: int, device: torch.device) -> nn.Module:
-    torch.manual_seed(init_seed)
-    return build_model(spec.model, spec.dataset).to(device)
-
-
 def _cpu_state(model: nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
@@ -184,9 +180,9 @@ def search(spec: ExperimentSpec, data_path: str | Path, seed: int, out: str | Pa
     """Train the dense model with network slimming, record channel masks every epoch, draw the
     tickets, and write the files listed in the module docstring into `out`."""
     eb, out = settings(spec), Path(out)
-    device = resolve_device(spec.training.device)
-    splits = load_data(spec, data_path, device)
-    model = _new_model(spec, seed, device)
+    job = start_job(spec, data_path)
+    splits = job.splits
+    model = job.new_model(seed)
     out.mkdir(parents=True, exist_ok=True)
     io.save_torch(out / "init.pt", _cpu_state(model))
     set_precision_(model, eb.precision)
@@ -275,9 +271,7 @@ def search(spec: ExperimentSpec, data_path: str | Path, seed: int, out: str | Pa
 
 def _reinitialised(pruned: nn.Module) -> nn.Module:
     """Fresh Kaiming init of the pruned architecture (fan-in of the smaller layers)."""
-    from lotto.models import _init_kaiming  # the BN nets' own initialisation
-
-    _init_kaiming(pruned)
+    init_kaiming(pruned)  # the BN nets' own initialisation
     return pruned
 
 
@@ -290,9 +284,9 @@ def retrain(spec: ExperimentSpec, data_path: str | Path, seed: int, search_dir: 
     eb, search_dir, out = settings(spec), Path(search_dir), Path(out)
     if ratio not in eb.ratios:
         raise InvalidValue(f"ratio {ratio} is not searched; choose one of: {', '.join(map(str, eb.ratios))}")
-    device = resolve_device(spec.training.device)
-    splits = load_data(spec, data_path, device)
-    dense = _new_model(spec, seed, device)
+    job = start_job(spec, data_path)
+    device, splits = job.device, job.splits
+    dense = job.new_model(seed)
     dense_forward = flops.forward_flops(dense, spec.dataset.input_shape)
     search = json.loads((search_dir / "eb.json").read_text())
     out.mkdir(parents=True, exist_ok=True)
@@ -317,7 +311,7 @@ def retrain(spec: ExperimentSpec, data_path: str | Path, seed: int, search_dir: 
         if mode == "ff":
             model = structured.prune_channels(dense, cm)
         else:
-            model = _reinitialised(structured.prune_channels(_new_model(
+            model = _reinitialised(structured.prune_channels(new_model(
                 spec, derived_seed(seed, "eb-reinit", ratio, ticket), device), cm))
         epoch, drawn = int(saved["epoch"]), bool(saved["drawn"])
         pruned_forward = flops.forward_flops(model, spec.dataset.input_shape)

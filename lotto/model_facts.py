@@ -3,7 +3,7 @@
 Validating an experiment asks of its model: can it be built with these options (and if not,
 why), which layers are prunable (readable name, module path, kind), can its seeds train
 together (lotto.vmap.check_vectorisable) and can Early-Bird prune its channels
-(lotto.structured.channel_groups). Building the model to answer imports torch (~2.7 s), which
+(lotto.channels.channel_groups). Building the model to answer imports torch (~2.7 s), which
 every `snakemake` start and every cluster job's inner snakemake would pay. So the answers for
 the model options the presets use are measured once, from the real models on the meta device,
 and shipped as model_facts.json; a combination the table lacks (another width, a model
@@ -24,7 +24,10 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-TABLE = Path(__file__).with_name("model_facts.json")
+import lotto
+
+# Package data at the package root (pyproject.toml ships it), wherever this module lives.
+TABLE = Path(lotto.__file__).with_name("model_facts.json")
 
 
 @dataclass(frozen=True)
@@ -89,8 +92,8 @@ def shapes_only_model(options: dict[str, Any]) -> Any:
 
 def measure(options: dict[str, Any]) -> ModelFacts:
     """Build the model (`shapes_only_model`) and ask the modules that use each fact."""
+    from lotto.channels import channel_groups
     from lotto.masks import prunable_layers, readable_names
-    from lotto.structured import channel_groups
     from lotto.vmap import check_vectorisable
 
     try:

@@ -186,7 +186,7 @@ def _init_glorot(model: nn.Module) -> None:
                 nn.init.zeros_(module.bias)
 
 
-def _init_kaiming(model: nn.Module) -> None:
+def init_kaiming(model: nn.Module) -> None:
     """Kaiming normal (fan_in, ReLU) weights, zero biases, BatchNorm 1/0 (open_lth, He 2015)."""
     if _on_meta(model):
         return
@@ -335,7 +335,7 @@ class VGG(nn.Module):
         layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
         self.features = nn.Sequential(*layers)
         self.fc = nn.Linear(in_channels, num_classes)
-        _init_kaiming(self)
+        init_kaiming(self)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc(self.features(x))
@@ -481,7 +481,7 @@ class ResNet(nn.Module):
         self.stages = _residual_stages(BasicBlock, channels[0], channels, blocks)
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.fc = nn.Linear(channels[-1], num_classes)
-        _init_kaiming(self)
+        init_kaiming(self)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc(self.pool(self.stages(self.stem(x))))
@@ -508,7 +508,7 @@ class PreActResNet(nn.Module):
         self.bn = nn.BatchNorm2d(stage_channels[-1])
         self.pool = nn.Sequential(nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.fc = nn.Linear(stage_channels[-1], num_classes)
-        _init_kaiming(self)
+        init_kaiming(self)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc(self.pool(self.bn(self.stages(self.stem(x)))))

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lotto.criteria import CRITERION_FACTS, DRAWS, CriterionFacts
 from lotto.errors import InvalidValue
 from lotto.masks import Mask, prunable_layers
 from lotto.spec_types import PruningSpec
@@ -62,23 +63,27 @@ def snip_scores(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str,
 
 @dataclass(frozen=True)
 class Criterion:
-    """A pruning criterion: the per-weight scores it ranks by (lowest pruned first), from the
-    weights and the mask alone (`scores`), or else what the caller must compute and pass (`needs`)."""
+    """A pruning criterion: what it needs (lotto.criteria, torch-free) and, for one scored from the
+    weights, the per-weight scores it ranks by (lowest pruned first); for the others the caller
+    supplies the scores (rounds computes snip's batch scores and loads learned logits) or they
+    are drawn while pruning."""
 
-    scores: Callable[[nn.Module, Mask], dict[str, torch.Tensor]] | None
-    needs: str = ""
-    drawn: bool = False  # scores drawn at random when pruning (prune_counts' generator)
-    whole_units: bool = False  # removes whole output units: counts are rounded to units
+    facts: CriterionFacts
+    scores: Callable[[nn.Module, Mask], dict[str, torch.Tensor]] | None = None
+
+    @property
+    def drawn(self) -> bool:
+        return self.facts.scored_from == DRAWS
 
 
-# The pruning criteria by name (the schema's pruning.criterion enum; tests/test_masks_prune.py
-# checks they agree). The rounds' runner supplies the scores each `needs`.
+# The pruning criteria by name, in lotto.criteria.CRITERION_FACTS's order (the schema's
+# pruning.criterion enum; tests/test_masks_prune.py checks the three agree).
+_SCORES_FROM_WEIGHTS = {
+    "magnitude": lambda model, mask: _scores(model),
+    "l1_filter": _l1_filter_scores,
+}
 CRITERIA: dict[str, Criterion] = {
-    "magnitude": Criterion(lambda model, mask: _scores(model)),
-    "random": Criterion(None, drawn=True),
-    "snip": Criterion(None, needs="a batch of data: compute prune.snip_scores(model, x, y) and pass them"),
-    "l1_filter": Criterion(_l1_filter_scores, whole_units=True),
-    "optimal_mask": Criterion(None, needs="learned logits: compute them with lotto.optimal_masks and pass them"),
+    name: Criterion(facts, _SCORES_FROM_WEIGHTS.get(name)) for name, facts in CRITERION_FACTS.items()
 }
 
 
@@ -93,8 +98,8 @@ def criterion_scores(model: nn.Module, mask: Mask, name: str) -> dict[str, torch
     """Flat per-weight scores of a criterion that reads only the weights (lowest are pruned first)."""
     entry = get_criterion(name)
     if entry.scores is None:
-        needs = entry.needs or "random draws, made when pruning (prune_counts' generator)"
-        raise ValueError(f"{name} scores need {needs}")
+        made_by = "prune_counts' generator" if entry.drawn else "the caller: pass them as `scores`"
+        raise ValueError(f"{name} scores need {entry.facts.scored_from}, made by {made_by}")
     return entry.scores(model, mask)
 
 
@@ -134,7 +139,7 @@ def removal_counts(model: nn.Module, mask: Mask, spec: PruningSpec,
         survivors = sum(int(mask[n].sum()) for n, _, _ in layers)
         ranking = scores if scores is not None else _scores(model)
         return _global_counts(ranking, mask, [n for n, _, _ in layers], round(spec.rate * survivors))
-    if get_criterion(spec.criterion).whole_units:
+    if get_criterion(spec.criterion).facts.whole_units:
         return {n: _unit_removal(m.weight, mask[n], spec.rate_for(k)) for n, k, m in layers}
     return {n: round(spec.rate_for(k) * int(mask[n].sum())) for n, k, _ in layers}
 

@@ -21,7 +21,6 @@ prepares it, all train together in lotto.vmap, and each writes the same files.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import sys
 import time
@@ -32,41 +31,18 @@ from pathlib import Path
 import torch
 
 from lotto import data as datasets
-from lotto import io, layout, masks, metrics, optimal_masks, prune, stream
+from lotto import io, layout, masks, metrics, optimal_masks, prune
+from lotto.criteria import BATCH, CRITERION_FACTS, LEARNED_LOGITS
 from lotto.errors import InvalidValue
 from lotto.round_plan import BRANCHES, start_point
-from lotto.spec import ExperimentSpec, TrainingSpec, build_model, seed_vectorisation_problems
-from lotto.stream import StreamedData
-from lotto.train import TrainResult, evaluate, resolve_device, train
+from lotto.spec import ExperimentSpec, TrainingSpec, seed_vectorisation_problems
+from lotto.startup import derived_seed, new_model, start_job
+from lotto.train import TrainResult, evaluate, train
 from lotto.vmap import DivergedError, train_seeds
 
 # Liu et al.'s Scratch-B trains for the dense model's FLOPs budget, but at most twice the epochs
 # (seed 001: "if pruning decreases the FLOPs by at least a factor of 2, the epochs are doubled").
 SCRATCH_B_MAX_FACTOR = 2.0
-
-
-def derived_seed(*parts: object) -> int:
-    """A stable 31-bit seed for a named random choice (re-init weights, random masks)."""
-    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:4], "little") >> 1
-
-
-def load_data(spec: ExperimentSpec, data_path: str | Path, device: torch.device) -> datasets.Splits | StreamedData:
-    """The resident splits of a prepared cache, or for an image folder its streamed splits (lotto.stream)."""
-    d = spec.dataset
-    if d.streamed:
-        return stream.load(data_path, val_size=d.val_size, image_size=d.image_size, resize=d.resize,
-                           augment=d.augment, device=device, workers=spec.training.loader_workers)
-    splits = datasets.load(
-        data_path, val_size=d.val_size, device=device, labels=list(d.labels) if d.labels else None, half=d.half
-    )
-    if tuple(splits.input_shape) != tuple(d.input_shape):
-        raise InvalidValue(f"{data_path}: images are {splits.input_shape}, the spec expects {d.input_shape}")
-    return replace(splits, augment=d.augment)
-
-
-def _new_model(spec: ExperimentSpec, init_seed: int, device: torch.device) -> torch.nn.Module:
-    torch.manual_seed(init_seed)
-    return build_model(spec.model, spec.dataset).to(device)
 
 
 def _load_state(path: Path, device: torch.device) -> dict:
@@ -113,12 +89,12 @@ def run_round(
 ) -> TrainResult:
     """Run round `round_` of one seed's chain and write its files into `out`. Criterion
     optimal_mask reads its scores (the learned mask logits) from `scores_file`."""
-    device = resolve_device(spec.training.device)
-    splits = load_data(spec, data_path, device)
+    job = start_job(spec, data_path)
+    device, splits = job.device, job.splits
     label = f"{spec.name} seed{seed} round{round_}"
     out.mkdir(parents=True, exist_ok=True)
     if round_ == 0:
-        model = _new_model(spec, seed, device)
+        model = job.new_model(seed)
         io.save_torch(out / "init.pt", model.state_dict())
         mask = masks.ones(model)
         result = train(model, splits, spec.training, mask=mask, seed=seed, steps=spec.training.duration,
@@ -164,8 +140,8 @@ def run_round_seeds(
     problems = seed_vectorisation_problems(spec.model, spec.dataset, spec.training, spec.rewinding)
     if problems:
         raise InvalidValue(f"{spec.name}: " + "; ".join(f"{key}: {message}" for key, message in problems))
-    device = resolve_device(spec.training.device)
-    splits = load_data(spec, data_path, device)
+    job = start_job(spec, data_path)
+    device, splits = job.device, job.splits
     starts = [
         _pruned_start(spec, splits, seed, round_, device, dense_dir=dense, prev_dir=prev, rewind_file=rewind,
                       scores_file=scores)
@@ -193,7 +169,7 @@ def _pruned_start(spec: ExperimentSpec, splits: datasets.Splits, seed: int, roun
     criterion into the round's mask, and the network set to the rewinding recipe's start point."""
     if prev_dir is None or dense_dir is None:
         raise InvalidValue("a pruned round needs the previous round's directory and the dense round's directory")
-    model = _new_model(spec, seed, device)
+    model = new_model(spec, seed, device)
     model.load_state_dict(_load_state(prev_dir / "checkpoint.pt", device))
     prev_mask = masks.load(prev_dir / "mask.pt", model)
     generator = torch.Generator().manual_seed(derived_seed(seed, "prune", round_))
@@ -243,11 +219,12 @@ def _write_pruned(out: Path, spec: ExperimentSpec, seed: int, round_: int, mask:
 def _criterion_scores(spec: ExperimentSpec, splits: datasets.Splits, seed: int, dense_dir: Path,
                       scores_file: Path | None, device: torch.device) -> dict[str, torch.Tensor] | None:
     """Scores of the criteria that need more than the weights (None: prune computes them)."""
-    if spec.pruning.criterion == "snip":
+    scored_from = CRITERION_FACTS[spec.pruning.criterion].scored_from
+    if scored_from == BATCH:
         return _snip_scores(spec, splits, seed, dense_dir, device)
-    if spec.pruning.criterion == "optimal_mask":
+    if scored_from == LEARNED_LOGITS:
         if scores_file is None:
-            raise InvalidValue("criterion optimal_mask needs the learned logits: pass --scores "
+            raise InvalidValue(f"criterion {spec.pruning.criterion} needs the learned logits: pass --scores "
                                f"(the {layout.LOGITS_FILE} written by 'lotto learn-mask')")
         return optimal_masks.as_scores(_load_state(scores_file, torch.device("cpu")))
     return None
@@ -257,7 +234,7 @@ def _snip_scores(spec: ExperimentSpec, splits: datasets.Splits, seed: int, dense
                  device: torch.device) -> dict[str, torch.Tensor]:
     """SNIP scores of the dense theta_0 on one fixed training batch of the seed. They are the same
     every round, so round r's mask is exactly one-shot SNIP at round r's density."""
-    model = _new_model(spec, seed, device)
+    model = new_model(spec, seed, device)
     model.load_state_dict(_load_state(dense_dir / "init.pt", device))
     generator = torch.Generator().manual_seed(derived_seed(seed, "snip"))
     batch = torch.randperm(len(splits.train_x), generator=generator)[: spec.training.batch_size].to(device)
@@ -270,9 +247,9 @@ def run_learn_mask(spec: ExperimentSpec, data_path: Path, seed: int, weights_fil
     settings = spec.pruning.mask_training
     if settings is None:
         raise InvalidValue(f"{spec.name}: learn-mask is for criterion optimal_mask, not {spec.pruning.criterion!r}")
-    device = resolve_device(spec.training.device)
-    splits = load_data(spec, data_path, device)
-    model = _new_model(spec, seed, device)
+    job = start_job(spec, data_path)
+    device, splits = job.device, job.splits
+    model = job.new_model(seed)
     model.load_state_dict(_load_state(weights_file, device))
     logits = optimal_masks.learn_logits(model, splits, settings, batch_size=spec.training.batch_size,
                                         seed=seed, exclude=spec.pruning.exclude,
@@ -282,9 +259,9 @@ def run_learn_mask(spec: ExperimentSpec, data_path: Path, seed: int, weights_fil
 
 def run_replay(spec: ExperimentSpec, data_path: Path, seed: int, step: int, dense_dir: Path, out: Path) -> None:
     """Weights of round 0 after `step` iterations, by retraining from theta_0 (same batches)."""
-    device = resolve_device(spec.training.device)
-    splits = load_data(spec, data_path, device)
-    model = _new_model(spec, seed, device)
+    job = start_job(spec, data_path)
+    device, splits = job.device, job.splits
+    model = job.new_model(seed)
     model.load_state_dict(_load_state(dense_dir / "init.pt", device))
     quiet = replace(spec.training, eval_every=max(step, 1))
     result = train(model, splits, quiet, mask=masks.ones(model), seed=seed, steps=step,
@@ -318,9 +295,9 @@ def run_branch(
     """
     if kind not in BRANCH_REGISTRY:
         raise InvalidValue(f"unknown branch {kind!r}; choose one of: {', '.join(BRANCHES)}")
-    device = resolve_device(spec.training.device)
-    splits = load_data(spec, data_path, device)
-    model = _new_model(spec, seed, device)
+    job = start_job(spec, data_path)
+    device, splits = job.device, job.splits
+    model = job.new_model(seed)
     ticket = _Ticket(spec, seed, round_, model, masks.load(round_dir / "mask.pt", model), dense_dir, device)
     model, mask, training = BRANCH_REGISTRY[kind].start(ticket)
     label = f"{spec.name} seed{seed} round{round_} {kind}"
@@ -356,7 +333,7 @@ BranchStart = tuple[torch.nn.Module, masks.Mask, TrainingSpec]  # its network, m
 
 
 def _fresh_init(t: _Ticket) -> BranchStart:
-    return _new_model(t.spec, derived_seed(t.seed, "reinit", t.round_), t.device), t.mask, t.spec.training
+    return new_model(t.spec, derived_seed(t.seed, "reinit", t.round_), t.device), t.mask, t.spec.training
 
 
 def _scratch_b(t: _Ticket) -> BranchStart:

@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from lotto import image_folder
+from lotto.criteria import CRITERION_FACTS, learns_mask
 from lotto.errors import InvalidValue
 from lotto.external_models import is_external
 from lotto.external_models import name_problem as external_name_problem
@@ -454,12 +455,10 @@ def _check_rounds_rules(pruning: PruningSpec, rewinding: RewindingSpec, branches
     """Branches need pruned rounds; one-shot criteria need every round to start from one point."""
     if branches and pruning.rounds == 0:
         bad("branches", f"{list(branches)} need pruned rounds; set pruning.rounds >= 1")
-    if pruning.criterion == "snip" and rewinding.weights != "init":
-        bad("rewinding.weights", f"{rewinding.weights!r}: snip scores theta_0 once (one-shot at init), so every "
-            "round must train from theta_0; use weights: init")
-    if pruning.criterion == "optimal_mask" and rewinding.weights not in ("init", "step"):
-        bad("rewinding.weights", f"{rewinding.weights!r}: optimal_mask learns its mask once (one-shot), so every "
-            "round retrains from a fixed point; use weights: init or step")
+    criterion = CRITERION_FACTS[pruning.criterion]
+    if criterion.one_shot_starts and rewinding.weights not in criterion.one_shot_starts:
+        bad("rewinding.weights", f"{rewinding.weights!r}: {criterion.one_shot_reason}; "
+            f"use weights: {' or '.join(criterion.one_shot_starts)}")
 
 
 def _check_transfer_branch(branches: tuple[str, ...], transfer_from: str | None, bad: Any) -> None:
@@ -634,12 +633,13 @@ def _resolve_pruning(p: dict[str, Any], model: ModelSpec, dataset: DatasetSpec, 
         bad("pruning.rates", "missing: layer-wise pruning with rounds >= 1 needs rates {conv, fc, output}")
     if scope == "layerwise" and rates and "output" not in rates:
         rates["output"] = rates.get("fc", 0.0) / 2
-    if p.get("criterion") == "l1_filter":
+    criterion = p.get("criterion", PruningSpec.criterion)
+    if CRITERION_FACTS[criterion].whole_units:
         if scope != "layerwise":
-            bad("pruning.scope", f"{scope!r}: l1_filter ranks a layer's filters by L1 norm, which differs "
+            bad("pruning.scope", f"{scope!r}: {criterion} ranks a layer's filters by L1 norm, which differs "
                 "in scale between layers; use scope: layerwise")
         elif rates.get("output", 0.0):
-            bad("pruning.rates.output", f"{rates['output']} would remove classes (l1_filter removes whole "
+            bad("pruning.rates.output", f"{rates['output']} would remove classes ({criterion} removes whole "
                 "output units); set output: 0")
     exclude = _resolve_exclude(p.get("exclude", list(PruningSpec.exclude)), model, dataset, bad)
     if scope == "layerwise" and rounds > 0 and rates and model.name:
@@ -648,7 +648,7 @@ def _resolve_pruning(p: dict[str, Any], model: ModelSpec, dataset: DatasetSpec, 
         except ValueError as err:
             bad("pruning.rates", str(err))
     return PruningSpec(
-        criterion=p.get("criterion", PruningSpec.criterion),
+        criterion=criterion,
         scope=scope,
         rounds=rounds,
         rate=None if rate is None else float(rate),
@@ -681,11 +681,12 @@ def _resolve_exclude(names: list[str], model: ModelSpec, dataset: DatasetSpec, b
 def _resolve_mask_training(p: dict[str, Any], training: TrainingSpec, step: Any,
                            bad: Any) -> MaskTrainingSpec | None:
     """The mask-training settings of criterion optimal_mask (defaults filled in), else None."""
-    m = p.get("mask_training")
-    if p.get("criterion") != "optimal_mask":
+    m, criterion = p.get("mask_training"), p.get("criterion", PruningSpec.criterion)
+    if not learns_mask(criterion):
         if m is not None:
-            bad("pruning.mask_training", f"only used with criterion: optimal_mask (criterion is "
-                f"{p.get('criterion', PruningSpec.criterion)!r})")
+            learners = [name for name in CRITERION_FACTS if learns_mask(name)]
+            bad("pruning.mask_training", f"only used with criterion: {' or '.join(learners)} (criterion is "
+                f"{criterion!r})")
         return None
     m = m or {}
     steps = step("pruning.mask_training.steps", m.get("steps", INPUT_DEFAULTS["pruning.mask_training.steps"]))

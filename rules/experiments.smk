@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from lotto import eb_plan, layout
+from lotto.criteria import learns_mask
 from lotto.gpu_slot import sees_cuda_device
 from lotto.inputs import (
     DuplicateKeyError,

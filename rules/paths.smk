@@ -54,7 +54,7 @@ def _round_inputs(experiment, seed, round_):
         inputs["rewind"] = layout.replay_file(dense, point.step)
     elif point.source == "previous_rewind":
         inputs["rewind"] = f"{prev}/rewind.pt"
-    if spec.pruning.criterion == "optimal_mask":
+    if learns_mask(spec.pruning.criterion):
         inputs["scores"] = layout.logits_file(experiment, seed)
     return inputs
 

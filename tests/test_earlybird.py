@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from workflow_util import Workdir, rule_counts
 
-from lotto import data, earlybird, eb_plan, flops, io, models, structured
+from lotto import channels, data, earlybird, eb_plan, flops, io, models, structured
 from lotto.spec import SpecError, resolve
 
 torch.set_num_threads(1)
@@ -157,7 +157,7 @@ def test_physically_pruned_model_equals_the_masked_model(name, width):
 def test_post_activation_resnets_are_refused_with_the_supported_families():
     model = models.create_model("resnet20", input_shape=(3, 16, 16), num_classes=10)
     with pytest.raises(ValueError, match="VGG, pre-activation ResNets .* and torchvision.s ResNets"):
-        structured.channel_groups(model)
+        channels.channel_groups(model)
 
 
 def test_pruning_every_channel_of_a_layer_is_refused():

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from workflow_util import REPO, Workdir, experiment, job_env, rule_counts
 
-from lotto import earlybird, flops, masks, model_facts, structured
+from lotto import channels, earlybird, flops, masks, model_facts, structured
 from lotto.cli import main
 from lotto.external_models import name_problem
 from lotto.io import load_torch
@@ -260,7 +260,7 @@ def test_resnet_inner_channels_prune_to_the_same_function(name, groups):
             nn.init.uniform_(module.weight)
             nn.init.uniform_(module.bias, -0.1, 0.1)
     net.train()(torch.randn(8, 3, 32, 32))
-    found = structured.channel_groups(net)
+    found = channels.channel_groups(net)
     assert len(found) == groups
     assert all(g.bn.rsplit(".", 1)[1] in ("bn1", "bn2") and g.producer is not None for g in found)
     cm = earlybird.channel_mask(net, 0.5)

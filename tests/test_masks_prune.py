@@ -8,7 +8,7 @@ import torch
 from conftest import tiny_spec
 from torch import nn
 
-from lotto import masks, prune, round_plan, rounds
+from lotto import criteria, masks, prune, round_plan, rounds
 from lotto.errors import InvalidValue
 from lotto.masks import prunable_layers
 from lotto.models import create_model
@@ -278,7 +278,22 @@ def test_check_refuses_a_mask_for_another_model():
 def test_the_schema_offers_exactly_the_registered_criteria_and_branches():
     properties = experiment_schema()["properties"]
     assert properties["pruning"]["properties"]["criterion"]["enum"] == list(prune.CRITERIA)
+    assert list(prune.CRITERIA) == list(criteria.CRITERION_FACTS)  # the torch-free facts too
     assert properties["branches"]["items"]["enum"] == list(rounds.BRANCHES)
+
+
+def test_each_criterion_is_its_facts_and_a_scoring_function_exactly_when_scored_from_weights():
+    """prune.CRITERIA pairs the torch-free facts with the scores: a criterion scored from the
+    weights has a function, every other one gets its scores from the job or the draws; the
+    one-shot start points are values of the schema's rewinding.weights."""
+    weights_enum = experiment_schema()["properties"]["rewinding"]["properties"]["weights"]["enum"]
+    sources = {criteria.WEIGHTS, criteria.DRAWS, criteria.BATCH, criteria.LEARNED_LOGITS}
+    for name, criterion in prune.CRITERIA.items():
+        assert criterion.facts is criteria.CRITERION_FACTS[name]
+        assert criterion.facts.scored_from in sources, name
+        assert (criterion.scores is not None) == (criterion.facts.scored_from == criteria.WEIGHTS), name
+        assert set(criterion.facts.one_shot_starts) <= set(weights_enum), name
+        assert bool(criterion.facts.one_shot_starts) == bool(criterion.facts.one_shot_reason), name
 
 
 def test_the_workflow_plans_the_registered_branches():

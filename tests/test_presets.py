@@ -30,6 +30,7 @@ from lotto import (
     prune,
     round_plan,
     rounds,
+    startup,
     tables,
 )
 from lotto.spec import (
@@ -529,7 +530,7 @@ def test_snip_rounds_are_one_shot_snip_at_their_density(synthetic_data, tmp_path
     dense = tmp_path / "dense" / spec.dense_key / "seed0"
     scores = rounds._snip_scores(
         spec,
-        rounds.load_data(spec, synthetic_data, torch.device("cpu")),
+        startup.load_splits(spec, synthetic_data, torch.device("cpu")),
         0,
         dense,
         torch.device("cpu"),
