@@ -15,7 +15,7 @@ import pytest
 import torch
 from fixtures import write_image_folder, write_kmnist
 
-from lotto import data, image_folder, masks, metrics, models, rounds, stream, tables
+from lotto import data, image_folder, masks, metrics, models, startup, stream, tables
 from lotto.errors import UserError
 from lotto.io import CorruptFileError, load_torch
 from lotto.spec import SpecError, resolve
@@ -345,7 +345,7 @@ def test_a_torchvision_dataset_class_is_read_from_its_real_files(tmp_path):
     assert spec.training.duration == 5 and spec.data_key.startswith("torchvision-KMNIST-")
     out = tmp_path / "results" / "data" / f"{spec.data_key}.pt"
     data.prepare(spec.dataset.name, out, root=tmp_path, torchvision_options=spec.dataset.torchvision_options())
-    splits = rounds.load_data(spec, out, CPU)
+    splits = startup.load_splits(spec, out, CPU)
     assert len(splits.train_x) == 25 and len(splits.val_x) == 5 and len(splits.test_x) == 10
     cache = load_torch(out)
     assert np.array_equal(cache["train_x"][:, 0].numpy(), arrays["train_x"][:, 0])
