@@ -336,6 +336,9 @@ def _resolve_training(t: dict[str, Any], step: Any, bad: Any) -> TrainingSpec:
         device=t.get("device", defaults.device),
         vectorize_seeds=t.get("vectorize_seeds", defaults.vectorize_seeds),
         cuda_graph=t.get("cuda_graph", defaults.cuda_graph),
+        devices=t.get("devices", defaults.devices),
+        nodes=t.get("nodes", defaults.nodes),
+        sync_batchnorm=t.get("sync_batchnorm", defaults.sync_batchnorm),
     )
 
 

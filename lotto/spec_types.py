@@ -101,6 +101,13 @@ class TrainingSpec:
     vectorize_seeds: bool = field(default=False, metadata=_execution_only())
     # how a GPU runs the step (replayed from a CUDA graph, lotto.train.Stepper), not what it computes
     cuda_graph: bool = field(default=True, metadata=_execution_only())
+    # how many processes train one job (lotto.distributed): per node (GPUs, or CPU processes), and
+    # nodes; the global batch and the results are the same whatever they are
+    devices: int = field(default=1, metadata=_execution_only())
+    nodes: int = field(default=1, metadata=_execution_only())
+    # with several processes, batch norm over the global batch (false: over each process's shard,
+    # the common multi-GPU recipe, whose results depend on the number of processes)
+    sync_batchnorm: bool = True
 
     def lr_at(self, step: int) -> float:
         """The learning rate at iteration `step`: linear warm-up, then multi-step decay."""
@@ -264,7 +271,7 @@ class ExperimentSpec:
 _ADDED_LATER: dict[str | None, tuple[str, ...]] = {
     None: ("earlybird", "transfer_from"),
     "pruning": ("mask_training",),
-    "training": ("vectorize_seeds", "cuda_graph", "precision"),
+    "training": ("vectorize_seeds", "cuda_graph", "precision", "devices", "nodes", "sync_batchnorm"),
 }
 
 

@@ -362,6 +362,8 @@ NOT_IN_IDENTITY = {
     "training.device": "where the job runs, not what it computes",
     "training.vectorize_seeds": "seeds trained together equal separate runs (lotto.vmap)",
     "training.cuda_graph": "how a GPU launches the step, not what it computes",
+    "training.devices": "processes of one training; N processes equal one (lotto.distributed)",
+    "training.nodes": "nodes of one training; N processes equal one (lotto.distributed)",
 }
 
 # For every field, another value its key allows (the schema's choices and ranges). The values
@@ -381,7 +383,8 @@ CHANGED_VALUE = {
     "training.milestones": (30,), "training.gamma": 0.5, "training.warmup": 10,
     "training.eval_every": 10, "training.divergence_loss": 100.0, "training.precision": "bf16",
     "training.checkpoint_every": 20, "training.device": "auto", "training.vectorize_seeds": True,
-    "training.cuda_graph": False,
+    "training.cuda_graph": False, "training.devices": 8, "training.nodes": 2,
+    "training.sync_batchnorm": False,
     "pruning.criterion": "magnitude", "pruning.scope": "global", "pruning.rounds": 3,
     "pruning.rate": 0.2, "pruning.rates": (("fc", 0.5), ("output", 0.25)),
     "pruning.exclude": ("5",),
