@@ -106,7 +106,7 @@ def environ_from_slurm(environ: Mapping[str, str]) -> dict[str, str]:
 
 def first_host(nodelist: str) -> str:
     """The first host of a SLURM node list ('gpu[03-05,07],cpu1' -> 'gpu03')."""
-    match = re.match(r"([^,\[]+)(?:\[([^\]-,]+))?", nodelist)
+    match = re.match(r"([^,\[]+)(?:\[([^\],-]+))?", nodelist)
     if not match:
         raise CannotRun(f"SLURM node list {nodelist!r}: cannot read its first host")
     return match[1] + (match[2] or "")
@@ -124,11 +124,14 @@ def launched(device: torch.device, environ: Mapping[str, str] = os.environ) -> I
         return
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
-        if local_rank >= torch.cuda.device_count():
-            raise CannotRun(f"local rank {local_rank} but only {torch.cuda.device_count()} visible GPU(s) "
+        # torchrun: every rank sees the job's GPUs; srun may bind one GPU to each task
+        visible = torch.cuda.device_count()
+        index = 0 if visible == 1 else local_rank
+        if index >= visible:
+            raise CannotRun(f"local rank {local_rank} but only {visible} visible GPU(s) "
                             f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}): launch one "
                             "process per GPU")
-        torch.cuda.set_device(local_rank)  # 'cuda' then means this rank's GPU
+        torch.cuda.set_device(index)  # 'cuda' then means this rank's GPU
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend, timeout=timedelta(seconds=TIMEOUT_S))
     try:

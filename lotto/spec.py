@@ -226,6 +226,7 @@ def resolve(doc: Any, source: str = "<experiment>", default_name: str = "experim
         for key, message in seed_vectorisation_problems(model, dataset, training, rewinding):
             bad(key, message)
     _check_transfer_branch(branches, transfer_from, bad)
+    _check_processes(training, model, pruning, earlybird, bad)
     if problems:
         raise SpecError("\n".join(problems))
     return ExperimentSpec(
@@ -368,6 +369,26 @@ def _check_rounds_rules(pruning: PruningSpec, rewinding: RewindingSpec, branches
     if pruning.criterion == "optimal_mask" and rewinding.weights not in ("init", "step"):
         bad("rewinding.weights", f"{rewinding.weights!r}: optimal_mask learns its mask once (one-shot), so every "
             "round retrains from a fixed point; use weights: init or step")
+
+
+def _check_processes(training: TrainingSpec, model: ModelSpec, pruning: PruningSpec,
+                     earlybird: EarlyBirdSpec | None, bad: Any) -> None:
+    """What one training in several processes (training.devices x nodes, lotto.distributed) cannot
+    do with the results of one process."""
+    processes = training.devices * training.nodes
+    if processes == 1:
+        return
+    why = f"{training.devices} x {training.nodes} processes"
+    if training.batch_size < processes:
+        bad("training.devices", f"{why} for batch_size {training.batch_size}: each needs at least one example")
+    if model.dropout:
+        bad("training.devices", f"{why}: with model.dropout each process would draw its own dropout masks, "
+            "so the results would depend on the number of processes; use devices: 1 and nodes: 1")
+    if training.vectorize_seeds:
+        bad("training.vectorize_seeds", f"true trains several seeds in one process; not with {why}")
+    if earlybird is not None or pruning.criterion == "optimal_mask":
+        bad("training.devices", f"{why}: the Early-Bird search and optimal_mask's mask training run in one "
+            "process; use devices: 1 and nodes: 1")
 
 
 def _check_transfer_branch(branches: tuple[str, ...], transfer_from: str | None, bad: Any) -> None:

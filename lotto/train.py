@@ -548,6 +548,10 @@ def train(
     world = World.current()
     if world.size > 1:
         _join_world(model, mask, spec, world)
+        if world.writer:
+            print(f"[{label}] {world.size} processes ({torch.distributed.get_backend()}), "
+                  f"{spec.batch_size // world.size}-{-(-spec.batch_size // world.size)} examples of each batch each",
+                  file=sys.stderr, flush=True)
     if device.type == "cuda" and _has_conv(model):
         model.to(memory_format=torch.channels_last)  # what tensor-core convolutions want
     schedule = BatchSchedule(data, spec.batch_size, seed)
