@@ -140,6 +140,23 @@ def launched(device: torch.device, environ: Mapping[str, str] = os.environ) -> I
         dist.destroy_process_group()
 
 
+class _SumOverRanks(torch.autograd.Function):
+    """x summed over the ranks; its gradient is the sum of the ranks' gradients (each rank's
+    loss depends on every rank's x through the sum)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        total = x.clone()
+        dist.all_reduce(total)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        total = grad.clone()
+        dist.all_reduce(total)
+        return total
+
+
 class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
     """Batch norm whose training statistics are those of the global batch, whatever the number
     of processes: the per-rank sums are added by a differentiable all-reduce, so the backward
@@ -154,15 +171,13 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
         dims = [0, *range(2, x.dim())]
         shape = [1, -1] + [1] * (x.dim() - 2)
         count = torch.tensor(float(x.numel() // x.shape[1]), device=x.device)
         dist.all_reduce(count)
-        mean = all_reduce(x.sum(dims)) / count
+        mean = _SumOverRanks.apply(x.sum(dims)) / count
         centred = x - mean.view(shape)
-        var = all_reduce((centred * centred).sum(dims)) / count
+        var = _SumOverRanks.apply((centred * centred).sum(dims)) / count
         with torch.no_grad():
             self.num_batches_tracked.add_(1)
             momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)

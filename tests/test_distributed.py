@@ -9,7 +9,7 @@ hundred ulps of drift), losses by < 1e-5 and accuracies not at all on 200-500 ex
 bounds below are 10x those. Masks are computed on rank 0 and broadcast, and pruned weights are
 re-zeroed after every step: both are checked exactly. Batch size 32 splits unevenly over 3.
 
-Cost: ~25 s on 2 busy cores (six launches of 1-3 processes, 200 steps each), mostly the
+Cost: ~30 s on 2 busy cores (eight launches of 1-3 processes, 3-200 steps each), mostly the
 processes' start (importing torch).
 """
 
@@ -40,6 +40,16 @@ EXPERIMENT = {
     "pruning": {"rounds": 1, "rates": {"fc": 0.5}},
     "seeds": [0],
 }
+# Batch norm over the global batch (training.sync_batchnorm, lotto.distributed.GlobalBatchNorm):
+# a ResNet-20 on 31 examples per batch (16 + 15 in 2 processes). Few steps: a BN net this
+# untrained amplifies float differences ~10x per step (20 steps: 5e-5); with BN per shard
+# instead the weights differ by ~1e-1 after one step, far beyond the tolerance.
+BN_EXPERIMENT = {
+    **EXPERIMENT,
+    "model": {"name": "resnet20", "width": 0.25},
+    "training": {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "batch_size": 31, "duration": 3, "eval_every": 3},
+    "pruning": {},
+}
 LAUNCH_TIMEOUT_S = 120
 
 
@@ -57,8 +67,9 @@ def launch(processes: int, *args: str, cwd: Path, background: bool = False):
     return done
 
 
-def round_args(round_: int, out: str, dense: str | None = None, execution: dict | None = None) -> list[str]:
-    args = ["round", "--spec", "exp.yaml", "--data", "data.pt", "--seed", "0", "--round", str(round_), "--out", out]
+def round_args(round_: int, out: str, dense: str | None = None, execution: dict | None = None,
+               spec: str = "exp.yaml") -> list[str]:
+    args = ["round", "--spec", spec, "--data", "data.pt", "--seed", "0", "--round", str(round_), "--out", out]
     if dense:
         args += ["--dense", dense, "--prev", dense]
     if execution:
@@ -70,6 +81,7 @@ def round_args(round_: int, out: str, dense: str | None = None, execution: dict 
 def work(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("distributed")
     (path / "exp.yaml").write_text(yaml.safe_dump(EXPERIMENT))
+    (path / "bn.yaml").write_text(yaml.safe_dump(BN_EXPERIMENT))
     data.prepare("synthetic", path / "data.pt")
     return path
 
@@ -77,9 +89,11 @@ def work(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def runs(work) -> Path:
     """Round 0 in 1 and 2 processes; round 1 (pruned, from the 1-process round 0) in 1 and 3
-    (3 processes on round 0: the kill test's rerun). The last three side by side."""
+    (3 processes on round 0: the kill test's rerun); the batch-norm net in 1 and 2. All but the
+    first side by side."""
     launch(1, *round_args(0, "r0_n1"), cwd=work)
-    jobs = [launch(2, *round_args(0, "r0_n2"), cwd=work, background=True)]
+    jobs = [launch(n, *round_args(0, f"bn_n{n}", spec="bn.yaml"), cwd=work, background=True) for n in (1, 2)]
+    jobs += [launch(2, *round_args(0, "r0_n2"), cwd=work, background=True)]
     jobs += [launch(n, *round_args(1, f"r1_n{n}", dense="r0_n1"), cwd=work, background=True) for n in (1, 3)]
     for job in jobs:
         output, _ = job.communicate(timeout=LAUNCH_TIMEOUT_S)
@@ -101,10 +115,10 @@ def compare(a: Path, b: Path) -> dict[str, float | bool]:
     }
 
 
-@pytest.mark.parametrize(("round_", "n"), [(0, 2), (1, 3)])
-def test_n_processes_train_what_one_does(runs, round_, n):
-    diff = compare(runs / f"r{round_}_n1", runs / f"r{round_}_n{n}")
-    print(f"\nround {round_}, 1 vs {n} processes: {diff}")
+@pytest.mark.parametrize(("run", "n"), [("r0", 2), ("r1", 3), ("bn", 2)])
+def test_n_processes_train_what_one_does(runs, run, n):
+    diff = compare(runs / f"{run}_n1", runs / f"{run}_n{n}")
+    print(f"\n{run}, 1 vs {n} processes: {diff}")
     assert diff["masks_equal"]
     assert diff["weight"] < WEIGHT_TOL
     assert diff["loss"] < LOSS_TOL and diff["accuracy"] <= 1 / 200  # one example of the val split at most
