@@ -42,15 +42,18 @@ TIMEOUT_S = float(os.environ.get("LOTTO_DIST_TIMEOUT_S", "300"))
 
 @dataclass(frozen=True)
 class World:
-    """This process's place among the processes of one training (rank 0 of 1 when alone)."""
+    """This process's place among the processes of one training (rank 0 of 1 when alone).
+    `joined`: a process group exists, so training takes the collective path (launched() joins
+    one only for 2 or more processes; benchmarks/distributed.py joins one of 1 to time it)."""
 
     rank: int = 0
     size: int = 1
+    joined: bool = False
 
     @classmethod
     def current(cls) -> World:
         if dist.is_available() and dist.is_initialized():
-            return cls(dist.get_rank(), dist.get_world_size())
+            return cls(dist.get_rank(), dist.get_world_size(), joined=True)
         return cls()
 
     @property
@@ -83,9 +86,6 @@ class World:
         for t in tensors:
             dist.broadcast(t, src=0)
 
-    def barrier(self) -> None:
-        if self.size > 1:
-            dist.barrier()
 
 
 def environ_from_slurm(environ: Mapping[str, str]) -> dict[str, str]:

@@ -359,7 +359,7 @@ class TrainingLoop:
     ):
         """`prunable` pairs each prunable weight with its keep mask (same shape, any dtype)."""
         params = list(params)
-        self.world = world if world is not None and world.size > 1 else None
+        self.world = world if world is not None and world.joined else None
         if self.world is not None:
             self.params = params
             shard = self.world.shard(spec.batch_size)
@@ -546,7 +546,7 @@ def train(
     """
     device = data.train_x.device
     world = World.current()
-    if world.size > 1:
+    if world.joined:
         _join_world(model, mask, spec, world)
         if world.writer:
             print(f"[{label}] {world.size} processes ({torch.distributed.get_backend()}), "
@@ -561,9 +561,9 @@ def train(
         prunable=[(m.weight, mask[name]) for name, _, m in prunable_layers(model)],
         bn_scales=[m.weight for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)],
         forward=lambda x, y: _mean_loss(model(x), y),
-        batches=schedule.batch if world.size == 1 else lambda step: _shard(schedule.batch(step), world),
-        evaluate_split=lambda x, y: [evaluate(model, x, y, spec.precision) if world.size == 1
-                                     else evaluate_sharded(model, x, y, spec.precision, world)],
+        batches=lambda step: _shard(schedule.batch(step), world) if world.joined else schedule.batch(step),
+        evaluate_split=lambda x, y: [evaluate_sharded(model, x, y, spec.precision, world) if world.joined
+                                     else evaluate(model, x, y, spec.precision)],
         state_of=lambda: _clone_state(model),
         steps=steps, start=start, constant_lr=constant_lr, label=label, world=world,
     )  # fmt: skip
@@ -571,7 +571,7 @@ def train(
     state = loop.new_state(runs=1)
     identity = _identity(spec, mask, seed, start, steps, constant_lr, model)
     saved = _load_resume(resume_path, identity, device, label, tidy=world.writer)
-    if world.size > 1:
+    if world.joined:
         _agree_on_resume(saved, world, resume_path)
     if saved is not None:
         _restore(saved, state, model, loop.optimizer, device)

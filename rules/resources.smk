@@ -41,7 +41,10 @@ TRAINING_RESOURCES = {"mem_mb": TRAINING_MEM_MB, "gpu": whole_gpus, "gpu_slot": 
 # With an experiment trained in several processes, what SLURM needs to place them
 # (snakemake-executor-plugin-slurm): one task per process (per GPU), the nodes, and `mpi`, which
 # makes the job step run the command itself, so that lotto.gpu_slot's srun gets every task.
-if any(s.training.devices * s.training.nodes > 1 for s in [*EXPERIMENTS.values(), *DENSE.values()]):
+if any(
+    s.training.devices * s.training.nodes > 1
+    for s in [*EXPERIMENTS.values(), *DENSE.values()]
+):
     TRAINING_RESOURCES |= {
         "tasks": processes,
         "tasks_per_gpu": 1,
