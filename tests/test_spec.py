@@ -545,3 +545,21 @@ def test_omitted_keys_resolve_to_the_field_defaults():
             assert getattr(getattr(spec, section), f.name) == f.default, (section, f.name)
             checked += 1
     assert checked > 25
+
+
+# ------------------------------------------------------------------ several processes (#16)
+
+
+def test_several_processes_are_execution_only_and_refuse_what_would_depend_on_them():
+    """training.devices/nodes leave both hashes as they are; what N processes cannot compute as
+    one process does is refused before any job, naming the key."""
+    one, eight = tiny_spec(), tiny_spec(training={"devices": 4, "nodes": 2})
+    assert (one.dense_key, one.recipe_key) == (eight.dense_key, eight.recipe_key)
+    assert {"devices", "nodes"} <= set(EXECUTION_ONLY)
+    assert tiny_spec(training={"sync_batchnorm": False}).dense_key != one.dense_key  # a recipe choice
+    assert "training.devices: 2 x 1 processes: with model.dropout" in refusal(
+        tiny_doc(training={"devices": 2}, model={"dropout": 0.5}))
+    assert "training.devices: 4 x 2 processes for batch_size 4" in refusal(
+        tiny_doc(training={"devices": 4, "nodes": 2, "batch_size": 4}))
+    assert "training.vectorize_seeds: true trains several seeds in one process" in refusal(
+        tiny_doc(training={"devices": 2, "vectorize_seeds": True}))
