@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from lotto.errors import InvalidValue, UserError
@@ -57,11 +58,12 @@ def _training_spec(args: argparse.Namespace):
 
 
 def _configure_torch(threads: int) -> None:
-    """Per job: `threads` CPU threads; on a GPU, cuDNN times its algorithms once per shape
-    (a job trains one shape for thousands of steps: ResNet-20 -18% time per round on an H100)."""
+    """Per job: `threads` CPU threads (shared by the processes torchrun started on this machine);
+    on a GPU, cuDNN times its algorithms once per shape (a job trains one shape for thousands of
+    steps: ResNet-20 -18% time per round on an H100)."""
     import torch
 
-    torch.set_num_threads(max(1, threads))
+    torch.set_num_threads(max(1, threads // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
     torch.backends.cudnn.benchmark = True
 
 
@@ -122,11 +124,30 @@ def _seed_paths(args: argparse.Namespace) -> dict[str, list[Path | None]]:
     return paths
 
 
-def cmd_round(args: argparse.Namespace) -> None:
-    from lotto import rounds
+@contextmanager
+def _world(spec, several: bool = True):
+    """The processes this job was launched as (torchrun or srun: lotto.distributed), joined for
+    the verb; verbs that train in one process only (`several` False) refuse more than one."""
+    from lotto import distributed
+    from lotto.train import resolve_device
 
+    with distributed.launched(resolve_device(spec.training.device)) as world:
+        if world.size > 1 and not several:
+            raise InvalidValue(f"launched as {world.size} processes, but this verb trains in one: "
+                               "run it without torchrun/srun (training.devices: 1)")
+        yield world
+
+
+def cmd_round(args: argparse.Namespace) -> None:
     _configure_torch(args.threads)
     spec = _training_spec(args)
+    with _world(spec, several=len(args.seed) == 1):
+        _run_round(args, spec)
+
+
+def _run_round(args: argparse.Namespace, spec) -> None:
+    from lotto import rounds
+
     paths = _seed_paths(args)
     if len(args.seed) == 1:
         results = [rounds.run_round(
@@ -140,33 +161,43 @@ def cmd_round(args: argparse.Namespace) -> None:
             dense_dirs=paths["dense"], prev_dirs=paths["prev"],
             rewind_files=paths["rewind_from"], scores_files=paths["scores"],
         )
-    for result, out in zip(results, paths["out"], strict=True):
-        _report(result, out)
+    from lotto.distributed import World
+
+    if World.current().writer:
+        for result, out in zip(results, paths["out"], strict=True):
+            _report(result, out)
 
 
 def cmd_learn_mask(args: argparse.Namespace) -> None:
     from lotto import rounds
 
     _configure_torch(args.threads)
-    rounds.run_learn_mask(_training_spec(args), Path(args.data), args.seed, Path(args.weights), Path(args.out))
+    spec = _training_spec(args)
+    with _world(spec, several=False):
+        rounds.run_learn_mask(spec, Path(args.data), args.seed, Path(args.weights), Path(args.out))
 
 
 def cmd_replay(args: argparse.Namespace) -> None:
     from lotto import rounds
 
     _configure_torch(args.threads)
-    rounds.run_replay(_training_spec(args), Path(args.data), args.seed, args.step, Path(args.dense), Path(args.out))
+    spec = _training_spec(args)
+    with _world(spec):
+        rounds.run_replay(spec, Path(args.data), args.seed, args.step, Path(args.dense), Path(args.out))
 
 
 def cmd_branch(args: argparse.Namespace) -> None:
     from lotto import rounds
 
     _configure_torch(args.threads)
-    result = rounds.run_branch(
-        _training_spec(args), Path(args.data), args.seed, args.round, args.kind,
-        Path(args.round_dir), Path(args.dense), Path(args.out),
-    )
-    _report(result, Path(args.out))
+    spec = _training_spec(args)
+    with _world(spec) as world:
+        result = rounds.run_branch(
+            spec, Path(args.data), args.seed, args.round, args.kind,
+            Path(args.round_dir), Path(args.dense), Path(args.out),
+        )
+        if world.writer:
+            _report(result, Path(args.out))
 
 
 def _report(result, out: Path) -> None:
@@ -296,7 +327,9 @@ def cmd_eb_search(args: argparse.Namespace) -> None:
     from lotto import earlybird
 
     _configure_torch(args.threads)
-    outcome = earlybird.search(_training_spec(args), Path(args.data), args.seed, Path(args.out))
+    spec = _training_spec(args)
+    with _world(spec, several=False):
+        outcome = earlybird.search(spec, Path(args.data), args.seed, Path(args.out))
     draws = ", ".join(f"{label}: {epoch}" for label, epoch in outcome.draw_epoch.items())
     print(f"draw epochs {draws}; trained {outcome.epochs_trained} epochs ({outcome.iterations} it)",
           file=sys.stderr)
@@ -306,8 +339,10 @@ def cmd_eb_train(args: argparse.Namespace) -> None:
     from lotto import earlybird
 
     _configure_torch(args.threads)
-    summary = earlybird.retrain(_training_spec(args), Path(args.data), args.seed, Path(args.search),
-                                args.ratio, args.ticket, args.mode, Path(args.out))
+    spec = _training_spec(args)
+    with _world(spec, several=False):
+        summary = earlybird.retrain(spec, Path(args.data), args.seed, Path(args.search),
+                                    args.ratio, args.ticket, args.mode, Path(args.out))
     print(f"{summary['ticket']}-{summary['mode']} p={summary['ratio']}: test acc "
           f"{summary['test_accuracy']:.4f}, total training FLOPs {summary['total_flops']:.3g}", file=sys.stderr)
 

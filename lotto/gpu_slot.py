@@ -57,10 +57,19 @@ Energy (``--energy FILE``)
     supported, no FILE is written (a stale one is removed). GPU ids are taken as NVML
     indices (or UUIDs): set ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` on boxes whose GPUs differ.
 
+One training in several processes (``--processes P [--nodes M]``, training.devices and nodes)
+    The command (``python ...``) is launched as P processes per node, one per GPU
+    (lotto.distributed): on a workstation through torchrun (``python -m torch.distributed.run
+    --standalone --nproc-per-node P --max-restarts 0 ...``: a free rendezvous port per job,
+    and a failed rank ends the others), all of them seeing the job's N = P GPUs; in a SLURM job
+    through ``srun --ntasks P*M --ntasks-per-node P --kill-on-bad-exit=1``, whose task variables
+    give the rendezvous. Several nodes only under SLURM.
+
 Special cases
     ``-n 0`` runs the command with ``CUDA_VISIBLE_DEVICES=""`` (a CPU job) and takes no lock.
     Under SLURM (``SLURM_JOB_ID`` and ``CUDA_VISIBLE_DEVICES`` both set) the scheduler has
-    already assigned GPUs: the wrapper steps aside and execs the command unchanged.
+    already assigned GPUs: the wrapper steps aside and execs the command (under srun when
+    it has several processes).
 
 Signals and exit codes
     SIGTERM and SIGINT are forwarded to the command (which runs in the wrapper's process
@@ -492,10 +501,31 @@ def _seconds(text: str) -> float:
     return value
 
 
+def launch_command(command: list[str], processes: int, nodes: int,
+                   environ: Mapping[str, str] = os.environ) -> list[str]:
+    """`command` as `processes` processes on each of `nodes` nodes (see the module docstring):
+    unchanged for one, else under srun inside a SLURM job, else under torchrun."""
+    if processes * nodes == 1:
+        return command
+    if "SLURM_JOB_ID" in environ:
+        cpus = [f"--cpus-per-task={environ['SLURM_CPUS_PER_TASK']}"] if "SLURM_CPUS_PER_TASK" in environ else []
+        return ["srun", f"--ntasks={processes * nodes}", f"--ntasks-per-node={processes}", f"--nodes={nodes}",
+                *cpus, "--kill-on-bad-exit=1", *command]
+    if nodes > 1:
+        raise InvalidValue(f"--nodes {nodes}: a training on several nodes runs in a SLURM job only "
+                           "(profiles/slurm); on one machine use training.nodes: 1")
+    if not os.path.basename(command[0]).startswith("python"):
+        raise InvalidValue(f"--processes {processes}: the command must start with python (torchrun runs "
+                           f"it once per process), not {command[0]!r}")
+    return [command[0], "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
+            "--max-restarts=0", *command[1:]]
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(
         prog="python -m lotto.gpu_slot",
         usage="%(prog)s -n N [-k K] [--mem-mb M] [--energy FILE] [--timeout S] [--job NAME] "
+        "[--processes P] [--nodes M] "
         "-- COMMAND [ARG ...]",
         description="Run COMMAND on a free slot of each of N GPUs of this box, K slots per GPU "
         "(CUDA_VISIBLE_DEVICES set for it). "
@@ -538,6 +568,11 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--job", metavar="NAME", help="name for the job log (default: the command line)"
     )
+    parser.add_argument(
+        "--processes", type=_gpu_count, default=1, metavar="P",
+        help="processes per node of one training (torchrun, or srun under SLURM; default 1)",
+    )
+    parser.add_argument("--nodes", type=_gpu_count, default=1, metavar="M", help="nodes (SLURM only; default 1)")
     return parser
 
 
@@ -568,6 +603,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("no command after '--'")
     if options.per_gpu < 1:
         parser.error("argument -k/--per-gpu: must be >= 1, got 0")
+    if options.processes < 1 or options.nodes < 1:
+        parser.error("arguments --processes and --nodes: must be >= 1")
+    try:
+        command = launch_command(command, options.processes, options.nodes)
+    except ValueError as error:
+        return _fail(str(error), EXIT_USAGE)
 
     if "SLURM_JOB_ID" in os.environ and "CUDA_VISIBLE_DEVICES" in os.environ:
         try:

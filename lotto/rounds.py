@@ -33,6 +33,7 @@ import torch
 from lotto import data as datasets
 from lotto import io, layout, masks, metrics, optimal_masks, prune
 from lotto.criteria import BATCH, CRITERION_FACTS, LEARNED_LOGITS
+from lotto.distributed import World
 from lotto.errors import InvalidValue
 from lotto.round_plan import BRANCHES, start_point
 from lotto.spec import ExperimentSpec, TrainingSpec, seed_vectorisation_problems
@@ -49,8 +50,16 @@ def _load_state(path: Path, device: torch.device) -> dict:
     return io.load_torch(path, map_location=device)
 
 
+def _writes() -> bool:
+    """Whether this process writes the job's files: always, except for ranks other than 0 of a
+    training launched in several processes (lotto.distributed), which compute the same."""
+    return World.current().writer
+
+
 def _write_training(out: Path, spec: ExperimentSpec, seed: int, round_: int, branch: str,
                     mask: masks.Mask, result: TrainResult) -> None:
+    if not _writes():
+        return
     out.mkdir(parents=True, exist_ok=True)
     masks.save(out / "mask.pt", mask)
     io.save_torch(out / "checkpoint.pt", result.state)
@@ -71,6 +80,8 @@ def _resume_file(out: Path) -> Path:
 
 
 def _finish(out: Path) -> None:
+    if not _writes():
+        return
     _resume_file(out).unlink(missing_ok=True)
     _resume_file(out).with_name("resume.pt.sha256").unlink(missing_ok=True)
 
@@ -95,7 +106,8 @@ def run_round(
     out.mkdir(parents=True, exist_ok=True)
     if round_ == 0:
         model = job.new_model(seed)
-        io.save_torch(out / "init.pt", model.state_dict())
+        if _writes():
+            io.save_torch(out / "init.pt", model.state_dict())
         mask = masks.ones(model)
         result = train(model, splits, spec.training, mask=mask, seed=seed, steps=spec.training.duration,
                        resume_path=_resume_file(out), label=label)
@@ -212,7 +224,8 @@ def _write_pruned(out: Path, spec: ExperimentSpec, seed: int, round_: int, mask:
     """A pruned round's files, rewind.pt included (the next round's 'back' point, else {})."""
     _write_training(out, spec, seed, round_, "main", mask, result)
     back = _back_step(spec)
-    io.save_torch(out / "rewind.pt", {} if back is None else result.snapshots.get(back, {}))
+    if _writes():
+        io.save_torch(out / "rewind.pt", {} if back is None else result.snapshots.get(back, {}))
     _finish(out)
 
 
@@ -266,7 +279,8 @@ def run_replay(spec: ExperimentSpec, data_path: Path, seed: int, step: int, dens
     quiet = replace(spec.training, eval_every=max(step, 1))
     result = train(model, splits, quiet, mask=masks.ones(model), seed=seed, steps=step,
                    snapshot_at={step}, label=f"{spec.name} seed{seed} replay{step}")
-    io.save_torch(out, result.snapshots[step])
+    if _writes():
+        io.save_torch(out, result.snapshots[step])
 
 
 def run_branch(

@@ -235,6 +235,7 @@ def resolve(doc: Any, source: str = "<experiment>", default_name: str = "experim
     _check_transfer_branch(branches, transfer_from, bad)
     if dataset.streamed:
         _check_streamed_features(dataset, training, pruning, branches, bad)
+    _check_processes(training, model, dataset, pruning, earlybird, bad)
     if problems:
         raise SpecError("\n".join(problems))
     return ExperimentSpec(
@@ -432,6 +433,9 @@ def _resolve_training(t: dict[str, Any], step: Any, bad: Any) -> TrainingSpec:
         device=t.get("device", defaults.device),
         vectorize_seeds=t.get("vectorize_seeds", defaults.vectorize_seeds),
         cuda_graph=t.get("cuda_graph", defaults.cuda_graph),
+        devices=t.get("devices", defaults.devices),
+        nodes=t.get("nodes", defaults.nodes),
+        sync_batchnorm=t.get("sync_batchnorm", defaults.sync_batchnorm),
     )
 
 
@@ -459,6 +463,29 @@ def _check_rounds_rules(pruning: PruningSpec, rewinding: RewindingSpec, branches
     if criterion.one_shot_starts and rewinding.weights not in criterion.one_shot_starts:
         bad("rewinding.weights", f"{rewinding.weights!r}: {criterion.one_shot_reason}; "
             f"use weights: {' or '.join(criterion.one_shot_starts)}")
+
+
+def _check_processes(training: TrainingSpec, model: ModelSpec, dataset: DatasetSpec, pruning: PruningSpec,
+                     earlybird: EarlyBirdSpec | None, bad: Any) -> None:
+    """What one training in several processes (training.devices x nodes, lotto.distributed) cannot
+    do with the results of one process."""
+    processes = training.devices * training.nodes
+    if processes == 1:
+        return
+    why = f"{training.devices} x {training.nodes} processes"
+    if training.batch_size < processes:
+        bad("training.devices", f"{why} for batch_size {training.batch_size}: each needs at least one example")
+    if model.dropout:
+        bad("training.devices", f"{why}: with model.dropout each process would draw its own dropout masks, "
+            "so the results would depend on the number of processes; use devices: 1 and nodes: 1")
+    if training.vectorize_seeds:
+        bad("training.vectorize_seeds", f"true trains several seeds in one process; not with {why}")
+    if earlybird is not None or pruning.criterion == "optimal_mask":
+        bad("training.devices", f"{why}: the Early-Bird search and optimal_mask's mask training run in one "
+            "process; use devices: 1 and nodes: 1")
+    if dataset.streamed:
+        bad("training.devices", f"{why}: a streamed dataset ({dataset.name!r}) is read in one process for "
+            "now (each process would decode the whole global batch); use devices: 1 and nodes: 1")
 
 
 def _check_transfer_branch(branches: tuple[str, ...], transfer_from: str | None, bad: Any) -> None:

@@ -138,6 +138,13 @@ class TrainingSpec:
     # DataLoader processes reading a streamed dataset (-1: lotto.stream.auto_workers); every image's
     # augmentation is a function of (seed, step, position), so the count changes no result
     loader_workers: int = field(default=-1, metadata=_execution_only())
+    # how many processes train one job (lotto.distributed): per node (GPUs, or CPU processes), and
+    # nodes; the global batch and the results are the same whatever they are
+    devices: int = field(default=1, metadata=_execution_only())
+    nodes: int = field(default=1, metadata=_execution_only())
+    # with several processes, batch norm over the global batch (false: over each process's shard,
+    # the common multi-GPU recipe, whose results depend on the number of processes)
+    sync_batchnorm: bool = True
 
     def lr_at(self, step: int) -> float:
         """The learning rate at iteration `step`: linear warm-up, then multi-step decay."""
@@ -314,7 +321,8 @@ _ADDED_LATER: dict[str | None, tuple[str, ...]] = {
     None: ("earlybird", "transfer_from"),
     "pruning": ("mask_training",),
     "model": ("options",),
-    "training": ("vectorize_seeds", "cuda_graph", "precision", "loader_workers"),
+    "training": ("vectorize_seeds", "cuda_graph", "precision", "loader_workers", "devices", "nodes",
+                 "sync_batchnorm"),
     "dataset": ("image_size", "resize", "folder_classes", "torchvision"),
 }
 

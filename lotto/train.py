@@ -12,6 +12,7 @@ evaluation points, and on a GPU the whole step is replayed from a CUDA graph (se
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import inspect
 import math
@@ -30,6 +31,7 @@ from torch import nn
 
 from lotto import io
 from lotto.data import Splits, augment_batch, epoch_permutation
+from lotto.distributed import World, global_batchnorm_
 from lotto.errors import CannotRun
 from lotto.masks import Mask, prunable_layers
 from lotto.spec_types import TrainingSpec
@@ -235,6 +237,26 @@ class Stepper:
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, precision: str = "fp32") -> tuple[float, float]:
     """Mean loss and accuracy over a whole split, in large no-grad batches."""
+    loss, correct = evaluate_sums(model, x, y, precision)
+    n = max(1, len(x))
+    return float(loss) / n, float(correct) / n  # host sync: evaluation point
+
+
+def evaluate_sharded(model: nn.Module, x: torch.Tensor, y: torch.Tensor, precision: str,
+                     world: World) -> tuple[float, float]:
+    """evaluate() with each process taking its slice of the split and the sums added up: the
+    same numbers up to the order of the float sums, in 1/size of the time."""
+    part = world.shard(len(x))
+    loss, correct = evaluate_sums(model, x[part], y[part], precision)
+    world.sum_([loss, correct])
+    n = max(1, len(x))
+    return float(loss) / n, float(correct) / n
+
+
+@torch.no_grad()
+def evaluate_sums(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                  precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed loss and number correct over `x`, on the device."""
     was_training = model.training
     model.eval()
     loss = torch.zeros((), device=x.device)
@@ -245,8 +267,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, precision: str 
         loss += F.cross_entropy(out, y[i : i + EVAL_BATCH], reduction="sum")
         correct += (out.argmax(1) == y[i : i + EVAL_BATCH]).sum()
     model.train(was_training)
-    n = max(1, len(x))
-    return float(loss) / n, float(correct) / n  # host sync: evaluation point
+    return loss, correct
 
 
 @torch.no_grad()
@@ -334,10 +355,11 @@ class TrainingLoop:
       prefetch the next steps' batches (lotto.stream.StreamedBatches);
     - `evaluate_split(x, y)` -> (loss, accuracy) per run over a whole split;
     - `state_of()` -> a copy of the weights (snapshots and the last good state).
-    Training in several processes (issue 16) plugs in here too: each process's `batches` yields
-    its shard of the step's batch, `step` averages the gradients across processes between
-    backward and the optimizer step, `evaluate` sums the metric sums and split results across
-    processes before they are read, and only the first process writes (checkpoint and results).
+    Training in several processes (`world`, lotto.distributed): each process's `batches` yields
+    its shard of the step's global batch, `step` weights its loss by the shard's share of the
+    global batch and sums the gradients across processes between backward and the optimizer
+    step, the metric sums are summed across processes before they are read (`summed`), and
+    `evaluate_split` is expected to do the same for its split results.
     """
 
     def __init__(
@@ -356,8 +378,15 @@ class TrainingLoop:
         constant_lr: bool = False,
         bn_scales: Iterable[torch.Tensor] = (),
         label: str = "train",
+        world: World | None = None,
     ):
         """`prunable` pairs each prunable weight with its keep mask (same shape, any dtype)."""
+        params = list(params)
+        self.world = world if world is not None and world.joined else None
+        if self.world is not None:
+            self.params = params
+            shard = self.world.shard(spec.batch_size)
+            self.shard_weight = (shard.stop - shard.start) / spec.batch_size
         self.spec, self.data, self.device = spec, data, data.device
         self.forward, self.batches, self.evaluate_split, self.state_of = forward, batches, evaluate_split, state_of
         self.steps, self.start, self.label = steps, start, label
@@ -393,7 +422,12 @@ class TrainingLoop:
         loss_sum, correct_sum = self.sums
         with autocast(self.spec.precision, self.device):
             losses, out = self.forward(x, y)
-        losses.sum().backward()  # runs are independent: each one's gradient is its own
+        loss = losses.sum()  # runs are independent: each one's gradient is its own
+        if self.world is not None:  # the mean over the global batch, whatever the shard sizes
+            loss = loss * self.shard_weight
+        loss.backward()
+        if self.world is not None:
+            self.world.sum_([p.grad for p in self.params if p.grad is not None])
         if self.decayed:
             torch._foreach_add_([w.grad for w in self.decayed], self.decayed, alpha=2.0 * self.spec.l2)
         if self.spec.bn_l1:
@@ -405,6 +439,15 @@ class TrainingLoop:
                 torch._foreach_mul_(self.masked, self.mask_f)
             loss_sum.add_(losses.detach() * y.shape[-1])
             correct_sum.add_((out.argmax(-1) == y).sum(-1))
+
+    def summed(self, state: TrainState) -> TrainState:
+        """`state` with its metric sums and example count summed over the processes (a copy;
+        `state` itself when training alone)."""
+        if self.world is None:
+            return state
+        totals = [state.loss_sum.clone(), state.correct_sum.clone(), torch.tensor(state.seen, device=self.device)]
+        self.world.sum_(totals)
+        return dataclasses.replace(state, loss_sum=totals[0], correct_sum=totals[1], seen=int(totals[2]))
 
     def train_means(self, state: TrainState) -> list[tuple[float, float]]:
         """Mean training loss and accuracy per run since the last evaluation (host sync).
@@ -421,8 +464,9 @@ class TrainingLoop:
     def evaluate(self, state: TrainState, at: int, on_eval: Callable[[int], bool | None] | None) -> str:
         """Record train/val/test rows at step `at`: 'diverged', 'stop' (on_eval asked) or 'ok'."""
         lr = self.lr(max(at - 1, 0))  # that of the last step taken
-        if state.seen:
-            means = self.train_means(state)
+        totals = self.summed(state)
+        if totals.seen:
+            means = self.train_means(totals)
             diverged = [not math.isfinite(loss) or loss > self.spec.divergence_loss for loss, _ in means]
             for run, ((loss, accuracy), bad) in enumerate(zip(means, diverged, strict=True)):
                 state.rows[run].append(_row(at, "train", loss, accuracy, lr, "diverged" if bad else "ok"))
@@ -442,7 +486,8 @@ class TrainingLoop:
         state.seen = 0
         state.good_state = self.state_of()
         stop = on_eval is not None and on_eval(at)
-        self.progress.update(at, test[0][1], at - self.first_step, force=at == self.steps)
+        if self.world is None or self.world.writer:  # one progress line per training
+            self.progress.update(at, test[0][1], at - self.first_step, force=at == self.steps)
         return "stop" if stop else "ok"
 
     def run(
@@ -472,7 +517,8 @@ class TrainingLoop:
             if 0 in snapshot_at:
                 state.snapshots[0] = self.state_of()
             stop_requested = self.evaluate(state, 0, on_eval) == "stop"
-        stepper = Stepper(self.step, self.optimizer, graph=spec.cuda_graph)
+        # Several processes: eager steps (the all-reduce is not captured; see docs/cluster.md)
+        stepper = Stepper(self.step, self.optimizer, graph=spec.cuda_graph and self.world is None)
         while state.step < self.steps:
             x, y = self.batches(self.start + state.step)
             stepper(x, y, self.lr(state.step))
@@ -518,29 +564,47 @@ def train(
     With `resume_path` and spec.checkpoint_every > 0, progress is saved there and a
     restarted call continues from it with identical results on CPU.
     `on_eval(step, model)` runs after each evaluation; returning True ends training there.
+    Launched in several processes (lotto.distributed), each trains its shard of every batch and
+    rank 0's weights and mask are everyone's start; only rank 0 writes the progress file.
     """
     device = data.device
+    world = World.current()
+    if world.joined:
+        _join_world(model, mask, spec, world)
+        if world.writer:
+            print(f"[{label}] {world.size} processes ({torch.distributed.get_backend()}), "
+                  f"{spec.batch_size // world.size}-{-(-spec.batch_size // world.size)} examples of each batch each",
+                  file=sys.stderr, flush=True)
     if device.type == "cuda" and _has_conv(model):
         model.to(memory_format=torch.channels_last)  # what tensor-core convolutions want
-    streamed = isinstance(data, StreamedData)
+    streamed = isinstance(data, StreamedData)  # in one process only (lotto.spec._check_processes)
+    schedule = None if streamed else BatchSchedule(data, spec.batch_size, seed)
     loop = TrainingLoop(
         spec, data,
         params=model.parameters(),
         prunable=[(m.weight, mask[name]) for name, _, m in prunable_layers(model)],
         bn_scales=[m.weight for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)],
         forward=lambda x, y: _mean_loss(model(x), y),
-        batches=data.batches(spec.batch_size, seed) if streamed else BatchSchedule(data, spec.batch_size, seed).batch,
+        batches=data.batches(spec.batch_size, seed) if streamed
+        else lambda step: _shard(schedule.batch(step), world) if world.joined else schedule.batch(step),
         evaluate_split=(lambda split, _labels: [evaluate_streamed(model, split, spec.precision)]) if streamed
-        else lambda x, y: [evaluate(model, x, y, spec.precision)],
+        else lambda x, y: [evaluate_sharded(model, x, y, spec.precision, world) if world.joined
+                           else evaluate(model, x, y, spec.precision)],
         state_of=lambda: _clone_state(model),
-        steps=steps, start=start, constant_lr=constant_lr, label=label,
+        steps=steps, start=start, constant_lr=constant_lr, label=label, world=world,
     )  # fmt: skip
     torch.manual_seed(seed * 7919 + start)  # dropout randomness
     state = loop.new_state(runs=1)
     identity = _identity(spec, mask, seed, start, steps, constant_lr, model)
-    saved = _load_resume(resume_path, identity, device, label)
+    saved = _load_resume(resume_path, identity, device, label, tidy=world.writer)
+    if world.joined:
+        _agree_on_resume(saved, world, resume_path)
     if saved is not None:
         _restore(saved, state, model, loop.optimizer, device)
+        if not world.writer:  # the saved sums are the global ones: counted once, on rank 0
+            state.loss_sum.zero_()
+            state.correct_sum.zero_()
+            state.seen = 0
         print(f"[{label}] resumed at step {state.step}/{steps} from {resume_path}", file=sys.stderr, flush=True)
 
     t0 = time.perf_counter()
@@ -550,7 +614,7 @@ def train(
         snapshot_at=snapshot_at,
         on_eval=None if on_eval is None else lambda at: on_eval(at, model),
         checkpoint=None if resume_path is None else
-        lambda s: _save_resume(resume_path, identity, model, loop.optimizer, s, device),
+        lambda s: _save_resume(resume_path, identity, model, loop.optimizer, loop.summed(s), device, world),
     )  # fmt: skip
     if status == "diverged":
         model.load_state_dict(state.good_state)
@@ -563,6 +627,44 @@ def train(
         last_finite_loss=state.last_finite[0],
         seconds=time.perf_counter() - t0,
     )
+
+
+def _join_world(model: nn.Module, mask: Mask, spec: TrainingSpec, world: World) -> None:
+    """Make this process one of `world`'s: refuse what would not be one training's numbers,
+    batch norm over the global batch (training.sync_batchnorm), rank 0's weights and mask."""
+    if spec.batch_size < world.size:
+        raise CannotRun(f"training.batch_size {spec.batch_size} is smaller than the {world.size} processes; "
+                        "every process needs at least one example of each batch: launch fewer")
+    dropout = [name for name, m in model.named_modules() if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0]
+    if dropout:
+        raise CannotRun(f"model dropout ({', '.join(dropout)}): in {world.size} processes each would draw its "
+                        "own dropout masks, so the results would depend on the number of processes; "
+                        "train this experiment in one process (training.devices: 1)")
+    if spec.sync_batchnorm:
+        global_batchnorm_(model)
+    with torch.no_grad():
+        world.broadcast_(list(model.state_dict().values()))
+        flags = {name: keep.to(torch.uint8) for name, keep in mask.items()}
+        world.broadcast_(list(flags.values()))
+        for name, keep in flags.items():
+            mask[name].copy_(keep.to(mask[name].dtype))
+
+
+def _shard(batch: tuple[torch.Tensor, torch.Tensor], world: World) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = batch
+    part = world.shard(len(y))
+    return x[part], y[part]
+
+
+def _agree_on_resume(saved: dict | None, world: World, path: Path | None) -> None:
+    """All processes resume from the same step, or the job stops (e.g. a resume file on a disk
+    that not every node sees)."""
+    step = -1 if saved is None else int(saved["step"])
+    extremes = torch.tensor([step, -step], dtype=torch.float64)
+    torch.distributed.all_reduce(extremes, op=torch.distributed.ReduceOp.MAX)
+    if extremes[0] != -extremes[1]:
+        raise CannotRun(f"{path}: the processes would resume from different steps (-1: none); "
+                        "every node must see the same results folder")
 
 
 def _mean_loss(out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -594,6 +696,8 @@ def _clone_state(model: nn.Module) -> dict[str, torch.Tensor]:
 def _identity(spec: TrainingSpec, mask: Mask, seed: int, start: int, steps: int, constant_lr: bool,
               model: nn.Module) -> str:
     """What a resume file must match: the training settings, the mask and the start weights."""
+    # the same training whatever the number of processes, so a round resumes with any
+    spec = dataclasses.replace(spec, devices=1, nodes=1)
     digest = hashlib.sha256(repr((spec, seed, start, steps, constant_lr)).encode())
     for name in sorted(mask):
         digest.update(name.encode() + mask[name].cpu().numpy().tobytes())
@@ -602,15 +706,20 @@ def _identity(spec: TrainingSpec, mask: Mask, seed: int, start: int, steps: int,
     return digest.hexdigest()
 
 
-def _load_resume(path: Path | None, identity: str, device: torch.device, label: str) -> dict | None:
-    """The saved progress of this very training, or None (a foreign file is set aside, not used)."""
+def _load_resume(path: Path | None, identity: str, device: torch.device, label: str,
+                 tidy: bool = True) -> dict | None:
+    """The saved progress of this very training, or None (a foreign file is set aside, not used,
+    by the process that `tidy`s: rank 0)."""
     if path is None or not path.exists():
         return None
     try:
         saved = io.load_torch(path, map_location=device)
     except io.CorruptFileError as err:  # killed while being overwritten: progress is lost, not results
         print(f"[{label}] ignoring unusable progress file: {err}", file=sys.stderr, flush=True)
-        path.unlink()
+        if tidy:
+            path.unlink(missing_ok=True)
+        return None
+    if saved.get("identity") != identity and not tidy:
         return None
     if saved.get("identity") != identity:
         stale = path.with_name(path.name + ".stale")
@@ -639,7 +748,10 @@ def _restore(saved: dict, state: TrainState, model: nn.Module, optimizer: torch.
 
 
 def _save_resume(path: Path, identity: str, model: nn.Module, optimizer: torch.optim.Optimizer,
-                 state: TrainState, device: torch.device) -> None:
+                 state: TrainState, device: torch.device, world: World) -> None:
+    """`state` holds the sums of all processes (TrainingLoop.summed); rank 0 writes them."""
+    if not world.writer:
+        return
     saved = {
         "identity": identity,
         "model": model.state_dict(),

@@ -18,9 +18,15 @@ def _job_spec(wildcards):
     return DENSE[wildcards.key]
 
 
+def processes(wildcards):
+    """Processes of one training (training.devices per node x nodes; lotto.distributed)."""
+    training = _job_spec(wildcards).training
+    return training.devices * training.nodes
+
+
 def gpus(wildcards):
-    """resources.gpu_slot: a GPU job takes one slot of one GPU."""
-    return int(use_gpu(_job_spec(wildcards)))
+    """resources.gpu_slot: a GPU job takes one slot on each GPU of its processes."""
+    return int(use_gpu(_job_spec(wildcards))) * processes(wildcards)
 
 
 def whole_gpus(wildcards):
@@ -32,6 +38,20 @@ def whole_gpus(wildcards):
 
 TRAINING_RESOURCES = {"mem_mb": TRAINING_MEM_MB, "gpu": whole_gpus, "gpu_slot": gpus}
 
+# With an experiment trained in several processes, what SLURM needs to place them
+# (snakemake-executor-plugin-slurm): one task per process (per GPU), the nodes, and `mpi`, which
+# makes the job step run the command itself, so that lotto.gpu_slot's srun gets every task.
+if any(
+    s.training.devices * s.training.nodes > 1
+    for s in [*EXPERIMENTS.values(), *DENSE.values()]
+):
+    TRAINING_RESOURCES |= {
+        "tasks": processes,
+        "tasks_per_gpu": 1,
+        "nodes": lambda w: _job_spec(w).training.nodes,
+        "mpi": lambda w: "srun" if processes(w) > 1 else "",
+    }
+
 
 _MEMORY_MB = {}
 
@@ -42,6 +62,9 @@ def slot_options(wildcards, resources):
     job's resources makes it derived: not a params rerun trigger (where jobs run)."""
     n = resources.gpu_slot
     options = f"-n {n} -k {GPU_SLOTS}"
+    training = _job_spec(wildcards).training
+    if training.devices * training.nodes > 1:
+        options += f" --processes {training.devices} --nodes {training.nodes}"
     if n and GPU_SLOTS > 1:
         spec = _job_spec(wildcards)
         if spec.dense_key not in _MEMORY_MB:

@@ -364,6 +364,8 @@ NOT_IN_IDENTITY = {
     "training.vectorize_seeds": "seeds trained together equal separate runs (lotto.vmap)",
     "training.cuda_graph": "how a GPU launches the step, not what it computes",
     "training.loader_workers": "how many processes decode images; each one's crop is drawn from (seed, step, position)",
+    "training.devices": "processes of one training; N processes equal one (lotto.distributed)",
+    "training.nodes": "nodes of one training; N processes equal one (lotto.distributed)",
 }
 
 # For every field, another value its key allows (the schema's choices and ranges). The values
@@ -387,6 +389,8 @@ CHANGED_VALUE = {
     "training.cuda_graph": False, "training.loader_workers": 2,
     "dataset.image_size": 32, "dataset.resize": 40, "dataset.folder_classes": 12,
     "dataset.torchvision": (("num_classes", 10), ("shape", (1, 28, 28)), ("train_size", 100)),
+    "training.devices": 8, "training.nodes": 2,
+    "training.sync_batchnorm": False,
     "pruning.criterion": "magnitude", "pruning.scope": "global", "pruning.rounds": 3,
     "pruning.rate": 0.2, "pruning.rates": (("fc", 0.5), ("output", 0.25)),
     "pruning.exclude": ("5",),
@@ -547,3 +551,21 @@ def test_omitted_keys_resolve_to_the_field_defaults():
             assert getattr(getattr(spec, section), f.name) == f.default, (section, f.name)
             checked += 1
     assert checked > 25
+
+
+# ------------------------------------------------------------------ several processes (#16)
+
+
+def test_several_processes_are_execution_only_and_refuse_what_would_depend_on_them():
+    """training.devices/nodes leave both hashes as they are; what N processes cannot compute as
+    one process does is refused before any job, naming the key."""
+    one, eight = tiny_spec(), tiny_spec(training={"devices": 4, "nodes": 2})
+    assert (one.dense_key, one.recipe_key) == (eight.dense_key, eight.recipe_key)
+    assert {"devices", "nodes"} <= set(EXECUTION_ONLY)
+    assert tiny_spec(training={"sync_batchnorm": False}).dense_key != one.dense_key  # a recipe choice
+    assert "training.devices: 2 x 1 processes: with model.dropout" in refusal(
+        tiny_doc(training={"devices": 2}, model={"dropout": 0.5}))
+    assert "training.devices: 4 x 2 processes for batch_size 4" in refusal(
+        tiny_doc(training={"devices": 4, "nodes": 2, "batch_size": 4}))
+    assert "training.vectorize_seeds: true trains several seeds in one process" in refusal(
+        tiny_doc(training={"devices": 2, "vectorize_seeds": True}))

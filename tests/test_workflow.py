@@ -139,7 +139,7 @@ def test_rerun_after_full_run_has_nothing_to_do(reference):
 
 # Execution-only settings (lotto.spec_types.EXECUTION_ONLY), each changed alone from the reference
 # experiment's: how its jobs run, not what they compute.
-EXECUTION_CHANGES = {"checkpoint_every": 0, "device": "auto", "cuda_graph": False}
+EXECUTION_CHANGES = {"checkpoint_every": 0, "device": "auto", "cuda_graph": False, "devices": 2}
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +182,7 @@ def test_changing_a_hashed_setting_reruns_round_0_with_the_execution_settings(re
     command = next(line for line in result.output.splitlines() if "lotto round" in line)
     execution = json.loads(shlex.split(command.split("--execution", 1)[1])[0])
     assert execution == {"checkpoint_every": 10, "cuda_graph": True, "device": "cpu",
-                         "vectorize_seeds": False}
+                         "vectorize_seeds": False, "devices": 1, "nodes": 1}
 
 
 # --- 3. re-plotting without training ---------------------------------------------------------
