@@ -4,6 +4,7 @@ several --seed, and the workflow's one job per (experiment, round)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -47,7 +48,6 @@ BN_MODEL = {
 }
 REFUSED = {
     "BatchNorm": (BN_MODEL, "model: 'resnet20' cannot train its seeds together", "BatchNorm"),
-    "dropout": ({"model": {"dropout": 0.5}}, "model: 'lenet_300_100' cannot", "dropout (p=0.5)"),
     "in-round resume": ({"training": {"checkpoint_every": 10}}, "training.checkpoint_every: 10 it",
                         "allowed: 0"),
     "rewind X% back": ({"rewinding": {"weights": "back", "back": 0.5}}, "rewinding.weights: 'back'",
@@ -68,7 +68,7 @@ def test_what_cannot_train_together_is_refused_naming_key_value_and_the_way_out(
 
 def test_every_refusal_is_reported_at_once():
     with pytest.raises(SpecError) as refused:
-        tiny_spec(model={"dropout": 0.5}, training={"vectorize_seeds": True, "checkpoint_every": 10},
+        tiny_spec(**BN_MODEL, training={"vectorize_seeds": True, "checkpoint_every": 10},
                   rewinding={"weights": "back", "back": 0.5})
     assert len(str(refused.value).splitlines()) == 3
 
@@ -123,8 +123,9 @@ def inputs_of(spec: ExperimentSpec, data: Path, dense: dict[int, Path], prev: di
             "rewind_files": rewind or None, "scores_files": scores or None}
 
 
-def run_both_ways(spec, data, inputs, round_, root) -> tuple[list[Path], list[Path]]:
-    """The round of every seed as separate run_round calls, and as one run_round_seeds call."""
+def run_both_ways(spec, data, inputs, round_, root, branches=()) -> tuple[list[Path], list[Path]]:
+    """The round of every seed as separate run_round calls, and as one run_round_seeds call
+    (with `branches`, which the caller runs alone)."""
     alone = [root / "alone" / f"seed{s}" for s in SEEDS]
     together = [root / "together" / f"seed{s}" for s in SEEDS]
     for i, seed in enumerate(SEEDS):
@@ -132,11 +133,23 @@ def run_both_ways(spec, data, inputs, round_, root) -> tuple[list[Path], list[Pa
                          prev_dir=inputs["prev_dirs"][i],
                          rewind_file=(inputs["rewind_files"] or [None] * 3)[i],
                          scores_file=(inputs["scores_files"] or [None] * 3)[i])
-    rounds.run_round_seeds(spec, data, SEEDS, round_, together, **inputs)
+    rounds.run_round_seeds(spec, data, SEEDS, round_, together, **inputs, branches=branches)
     return alone, together
 
 
+def nan_as_none(value):
+    """NaN compares unequal to itself; untrained branches' rows have lr NaN."""
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
 def assert_same_round(alone: Path, together: Path, exact: bool = False) -> None:
+    """A pruned round's files (assert_same_training), and an empty rewind.pt in both."""
+    assert set(ROUND_FILES) <= {p.name for p in together.iterdir()}
+    assert io.load_torch(together / "rewind.pt") == io.load_torch(alone / "rewind.pt") == {}
+    assert_same_training(alone, together, exact)
+
+
+def assert_same_training(alone: Path, together: Path, exact: bool = False) -> None:
     """Same files and metrics schema, the identical mask, weights and metrics equal up to float
     rounding (batched and single matrix products round differently), or exactly.
 
@@ -145,21 +158,19 @@ def assert_same_round(alone: Path, together: Path, exact: bool = False) -> None:
     a weight by a fraction of the lr (on an AVX-512 AMD EPYC, 7 of 19,200 weights differed by up
     to 6.4e-5 under learning-rate rewinding; on the Intel boxes of earlier sessions all < 1e-5)."""
     assert sorted(p.name for p in together.iterdir()) == sorted(p.name for p in alone.iterdir())
-    assert set(ROUND_FILES) <= {p.name for p in together.iterdir()}
     mask_a, mask_t = masks.load(alone / "mask.pt"), masks.load(together / "mask.pt")
     assert mask_a.keys() == mask_t.keys() and all(torch.equal(mask_a[k], mask_t[k]) for k in mask_a)
     state_a, state_t = io.load_torch(alone / "checkpoint.pt"), io.load_torch(together / "checkpoint.pt")
     assert state_a.keys() == state_t.keys()
     for key in state_a:
         torch.testing.assert_close(state_t[key], state_a[key], rtol=0, atol=0 if exact else 2e-4)
-    assert io.load_torch(together / "rewind.pt") == io.load_torch(alone / "rewind.pt") == {}
     table_a, table_t = pq.read_table(alone / "metrics.parquet"), pq.read_table(together / "metrics.parquet")
     assert table_t.schema.equals(metrics.SCHEMA) and table_a.schema.equals(metrics.SCHEMA)
     rows_a, rows_t = table_a.to_pylist(), table_t.to_pylist()
-    assert len(rows_a) == len(rows_t) >= 3
+    assert len(rows_a) == len(rows_t) >= 2  # untrained branches: val and test at step 0
     for a, t in zip(rows_a, rows_t, strict=True):
         same = ("experiment", "seed", "round", "branch", "density", "step", "split", "lr", "status")
-        assert {k: t[k] for k in same} == {k: a[k] for k in same}
+        assert {k: nan_as_none(t[k]) for k in same} == {k: nan_as_none(a[k]) for k in same}
         assert t["loss"] == pytest.approx(a["loss"], rel=0 if exact else 1e-4, nan_ok=True)
         assert t["accuracy"] == pytest.approx(a["accuracy"], abs=0 if exact else 2e-3, nan_ok=True)
 
@@ -174,6 +185,35 @@ def test_seeds_together_write_what_each_seed_alone_writes(synthetic_data, dense,
         assert_same_round(a, t)
     # the seeds trained apart from each other (a vectorisation that mixed them would not)
     first, second = (io.load_torch(t / "checkpoint.pt")["1.weight"] for t in together[:2])
+    assert not torch.allclose(first, second)
+
+
+LOCAL = list(round_plan.LOCAL_BRANCHES)
+
+
+@pytest.mark.parametrize("overrides", [
+    {"branches": LOCAL},
+    {"branches": ["reinit", "random_mask"], "model": {"dropout": 0.5},
+     "rewinding": {"weights": "step", "step": 20}},
+], ids=["every local branch", "dropout, theta_k"])
+def test_branches_trained_with_the_round_write_what_their_own_jobs_write(synthetic_data, tmp_path,
+                                                                         overrides):
+    """Each seed's ticket and control branches in one run_round_seeds call: every branch's files as
+    run_branch writes them from the round's mask (weights to 2e-4, masks and metric keys exactly).
+    The second case has dropout (per-seed noise) and a ticket on another schedule than its
+    branches (theta_k: 40 steps from step 20; branches: 60 from 0), so two vectorised loops."""
+    spec = tiny_spec(seeds=SEEDS, **overrides)
+    dense = {s: tmp_path / "dense" / f"seed{s}" for s in SEEDS}
+    for seed in SEEDS:
+        rounds.run_round(spec, synthetic_data, seed, 0, dense[seed])
+    inputs = inputs_of(spec, synthetic_data, dense, dense, 1, tmp_path)
+    alone, together = run_both_ways(spec, synthetic_data, inputs, 1, tmp_path, branches=spec.branches)
+    for seed, a, t in zip(SEEDS, alone, together, strict=True):
+        for kind in spec.branches:
+            rounds.run_branch(spec, synthetic_data, seed, 1, kind, a, dense[seed], a / kind)
+            assert_same_training(a / kind, t / kind)
+        assert_same_round(a, t)
+    first, second = (io.load_torch(t / "reinit" / "checkpoint.pt")["1.weight"] for t in together[:2])
     assert not torch.allclose(first, second)
 
 
