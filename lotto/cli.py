@@ -132,6 +132,8 @@ def cmd_round(args: argparse.Namespace) -> None:
             rewind_files=paths["rewind_from"], scores_files=paths["scores"], branches=args.branch,
         )
     for out, result in results.items():
+        if len(results) > 1:
+            print(f"{out}:", file=sys.stderr)
         _report(result, out)
 
 

@@ -199,8 +199,8 @@ def run_round_seeds(
                                   seeds=[run.seed for run in group], steps=steps, start=start,
                                   constant_lr=constant_lr, label=f"{spec.name} round{round_} {'+'.join(kinds)}")
         except DivergedError as err:
-            print(f"[{spec.name} round{round_}] {err}; training {'+'.join(kinds)} one by one", file=sys.stderr,
-                  flush=True)
+            print(f"[{spec.name} round{round_}] {err}; training the seeds one by one ({'+'.join(kinds)})",
+                  file=sys.stderr, flush=True)
             trained = [_train_alone(spec, splits, run, round_) for run in group]
         results.update({run.out: result for run, result in zip(group, trained, strict=True)})
     for run in runs:

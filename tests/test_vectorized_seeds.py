@@ -142,14 +142,14 @@ def nan_as_none(value):
     return None if isinstance(value, float) and math.isnan(value) else value
 
 
-def assert_same_round(alone: Path, together: Path, exact: bool = False) -> None:
+def assert_same_round(alone: Path, together: Path, exact: bool = False, same_name: bool = True) -> None:
     """A pruned round's files (assert_same_training), and an empty rewind.pt in both."""
     assert set(ROUND_FILES) <= {p.name for p in together.iterdir()}
     assert io.load_torch(together / "rewind.pt") == io.load_torch(alone / "rewind.pt") == {}
-    assert_same_training(alone, together, exact)
+    assert_same_training(alone, together, exact, same_name)
 
 
-def assert_same_training(alone: Path, together: Path, exact: bool = False) -> None:
+def assert_same_training(alone: Path, together: Path, exact: bool = False, same_name: bool = True) -> None:
     """Same files and metrics schema, the identical mask, weights and metrics equal up to float
     rounding (batched and single matrix products round differently), or exactly.
 
@@ -170,6 +170,7 @@ def assert_same_training(alone: Path, together: Path, exact: bool = False) -> No
     assert len(rows_a) == len(rows_t) >= 2  # untrained branches: val and test at step 0
     for a, t in zip(rows_a, rows_t, strict=True):
         same = ("experiment", "seed", "round", "branch", "density", "step", "split", "lr", "status")
+        same = same if same_name else same[1:]  # two experiments of one workflow run
         assert {k: nan_as_none(t[k]) for k in same} == {k: nan_as_none(a[k]) for k in same}
         assert t["loss"] == pytest.approx(a["loss"], rel=0 if exact else 1e-4, nan_ok=True)
         assert t["accuracy"] == pytest.approx(a["accuracy"], abs=0 if exact else 2e-3, nan_ok=True)
@@ -315,50 +316,93 @@ WORKFLOW_EXPERIMENT = experiment(
 
 @pytest.mark.workflow
 def test_dry_run_plans_one_job_per_round_beside_per_seed_experiments(tmp_path):
-    """The vectorised experiment's rounds are one job each, with every seed's files as outputs;
-    a per-seed experiment of the same config keeps prune_round, round 0 stays shared and per
-    seed, and the control branches read each seed's mask where they always did."""
+    """The vectorised experiment's rounds are one job each, with every seed's round and local
+    branch files as outputs; a per-seed experiment of the same config keeps prune_round and
+    control_branch, round 0 stays shared and per seed, and the transfer branch (another
+    experiment's tickets) keeps its own job."""
     work = Workdir(tmp_path)
     per_seed = experiment(WORKFLOW_EXPERIMENT, training={"vectorize_seeds": False},
+                          pruning={"rates": {"fc": 0.3}}, branches=["random_mask"])
+    transfer = experiment(WORKFLOW_EXPERIMENT, branches=["transfer"], transfer={"from": "tp"},
                           pruning={"rates": {"fc": 0.3}})
     work.write_config([work.write_experiment("tv-1", experiment(WORKFLOW_EXPERIMENT,
                                                                 branches=["reinit"])),
-                       work.write_experiment("tp", per_seed)])
+                       work.write_experiment("tp", per_seed), work.write_experiment("tt", transfer)])
     result = work.snakemake("-n").check()
     stats = job_stats(result.output)
-    assert stats["prune_round_seeds_tv_1"] == 2  # rounds
+    assert stats["prune_round_seeds_tv_1"] == 2 and stats["prune_round_seeds_tt"] == 2  # rounds
     assert stats["prune_round"] == 2 * 2  # seeds x rounds, of tp
-    assert stats["dense_round"] == 2 and stats["replay"] == 2  # shared by both experiments
-    assert stats["control_branch"] == 2 * 2  # seeds x rounds, of tv-1
+    assert stats["dense_round"] == 2 and stats["replay"] == 2  # shared by the three experiments
+    assert stats["control_branch"] == 2 * 2  # seeds x rounds, of tp only
+    assert stats["transfer_branch"] == 2 * 2  # seeds x rounds, of tt
     vectorised = [job for job in result.jobs if job.rule == "prune_round_seeds_tv_1"]
     assert sorted(job.wildcards["round"] for job in vectorised) == ["1", "2"]
     for job in vectorised:
         r = job.wildcards["round"]
         assert set(job.outputs) == {f"results/tv-1/seed{s}/round{r}/{name}"
-                                    for s in (0, 1) for name in ROUND_FILES}
+                                    for s in (0, 1) for name in ROUND_FILES} | {
+            f"results/tv-1/seed{s}/round{r}/reinit/{name}"
+            for s in (0, 1) for name in ("checkpoint.pt", "mask.pt", "metrics.parquet")}
     assert all(job.wildcards["experiment"] == "tp" for job in result.jobs
-               if job.rule == "prune_round")
+               if job.rule in ("prune_round", "control_branch"))
+
+
+# ticket + re-init + random mask with dropout (per-seed noise), vectorised and not; the same
+# recipe, so one round 0. (A ticket on another schedule than its branches: the library test.)
+TOGETHER_EXPERIMENT = experiment(WORKFLOW_EXPERIMENT, model={"name": "lenet_300_100", "dropout": 0.5},
+                                 pruning={"rounds": 1}, rewinding=None, branches=["reinit", "random_mask"])
+
+
+def differences(alone: Path, together: Path) -> tuple[float, bool, float, float]:
+    """max |weight difference|, masks identical, max |loss difference|, max |accuracy difference|."""
+    state_a, state_t = io.load_torch(alone / "checkpoint.pt"), io.load_torch(together / "checkpoint.pt")
+    weight = max(float((state_a[k] - state_t[k]).abs().max()) for k in state_a)
+    mask_a, mask_t = masks.load(alone / "mask.pt"), masks.load(together / "mask.pt")
+    same_mask = mask_a.keys() == mask_t.keys() and all(torch.equal(mask_a[k], mask_t[k]) for k in mask_a)
+    rows_a, rows_t = (pq.read_table(d / "metrics.parquet").to_pylist() for d in (alone, together))
+    loss = max(abs(a["loss"] - t["loss"]) for a, t in zip(rows_a, rows_t, strict=True))
+    accuracy = max(abs(a["accuracy"] - t["accuracy"]) for a, t in zip(rows_a, rows_t, strict=True))
+    return weight, same_mask, loss, accuracy
 
 
 @pytest.mark.workflow
-def test_vectorised_experiment_runs_end_to_end(tmp_path):
-    """A real run to the experiment's metrics table: one round job per round, each seed's files
-    where a per-seed run puts them, and a second run has nothing to do."""
+def test_vectorised_rounds_and_branches_through_the_default_target_match_separate_jobs(tmp_path):
+    """One real run of the default target with the experiment vectorised (tv) and not (ts): one
+    job per round in tv, trains ticket, re-init and random mask of both seeds; each of its files
+    lies where ts's per-seed and per-branch jobs put theirs and matches them (weights to 2e-4,
+    masks exactly, metric keys exactly); figures, tables and report are made; a second run has
+    nothing to do."""
     work = Workdir(tmp_path)
-    work.write_config([work.write_experiment("tv", WORKFLOW_EXPERIMENT)])
-    result = work.snakemake("results/tv/metrics.parquet").check()
+    work.write_config([work.write_experiment("tv", TOGETHER_EXPERIMENT),
+                       work.write_experiment("ts", experiment(TOGETHER_EXPERIMENT,
+                                                              training={"vectorize_seeds": False}))])
+    result = work.snakemake().check()
     stats = job_stats(result.output)
-    assert stats["prune_round_seeds_tv"] == 2 and "prune_round" not in stats
-    assert stats["dense_round"] == 2 and stats["replay"] == 2
+    assert stats["prune_round_seeds_tv"] == 1
+    assert stats["prune_round"] == 2 and stats["control_branch"] == 2 * 2  # all of ts
+    assert stats["dense_round"] == 2 and "replay" not in stats  # round 0 shared by tv and ts
+    print("\n| seed | round | branch | max abs d weight | masks equal | max abs d loss | max abs d acc |")
     for seed in (0, 1):
-        for r in (1, 2):
-            for name in ROUND_FILES:
-                assert (work.results / "tv" / f"seed{seed}" / f"round{r}" / name).is_file()
-    frame = metrics.read([work.results / "tv" / "metrics.parquet"])
-    assert sorted(set(zip(frame["seed"], frame["round"], strict=True))) == [
-        (s, r) for s in (0, 1) for r in (0, 1, 2)]
-    assert (work.results / "benchmarks" / "tv" / "round2-seeds.tsv").is_file()
-    log = (work.results / "logs" / "tv" / "round2-seeds.log").read_text()
-    assert log.count("final test acc") == 2 and "status ok" in log
-    rerun = work.snakemake("-n", "results/tv/metrics.parquet").check()
+        for r in (1,):
+            for branch in ("main", "reinit", "random_mask"):
+                where = f"seed{seed}/round{r}" + ("" if branch == "main" else f"/{branch}")
+                alone, together = work.results / "ts" / where, work.results / "tv" / where
+                weight, same_mask, loss, accuracy = differences(alone, together)
+                print(f"| {seed} | {r} | {branch} | {weight:.2e} | {same_mask} | {loss:.2e} | {accuracy:.2e} |")
+                if branch == "main":
+                    assert_same_round(alone, together, same_name=False)
+                else:
+                    assert_same_training(alone, together, same_name=False)
+    for name in ("tv", "ts"):
+        assert (work.results / "figures" / name / "accuracy.png").is_file()
+        frame = metrics.read([work.results / name / "metrics.parquet"])
+        assert sorted(set(zip(frame["seed"], frame["round"], frame["branch"], strict=True))) == sorted(
+            [(s, 0, "main") for s in (0, 1)]
+            + [(s, 1, b) for s in (0, 1) for b in ("main", "random_mask", "reinit")])
+    assert (work.results / "report.html").is_file()
+    assert (work.results / "benchmarks" / "tv" / "round1-seeds.tsv").is_file()
+    assert not (work.results / "benchmarks" / "tv" / "seed0").exists()  # no per-branch jobs in tv
+    log = (work.results / "logs" / "tv" / "round1-seeds.log").read_text()
+    assert log.count("final test acc") == 2 * 3 and "status ok" in log
+    rerun = work.snakemake("-n").check()
     assert "Nothing to be done" in rerun.output and not parse_jobs(rerun.output)
