@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 TARGET_S = 3.0
+TORCH = "python -c 'import torch'"  # the floor every job pays; lotto's cost is read against it
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -191,7 +192,9 @@ def main(argv: list[str] | None = None) -> int:
         python = sys.executable
         commands = {
             "python -c pass": [python, "-c", "pass"],
-            "python -c 'import torch'": [python, "-c", "import torch"],
+            TORCH: [python, "-c", "import torch"],
+            "python -c 'import lotto.rounds' (a round's lotto modules)": [
+                python, "-c", "import lotto.cli, lotto.rounds"],
             "python -m lotto round (1 iteration)": [
                 python,
                 "-m",
@@ -211,19 +214,28 @@ def main(argv: list[str] | None = None) -> int:
                 str(tmp / "cli"),
             ],
         }
-        runs = {
-            name: [timed_process(c) for _ in range(args.repeats)] for name, c in commands.items()
-        }
+        runs: dict[str, list[dict[str, float]]] = {name: [] for name in commands}
+        for _ in range(args.repeats):  # round-robin, so a drifting load hits every command alike
+            for name, command in commands.items():
+                runs[name].append(timed_process(command))
+
+        def ratio(name: str, key: str) -> str:
+            """Median over repeats of this command's time / import torch's in the same repeat."""
+            return f"{common.median([r[key] / t[key] for r, t in zip(runs[name], runs[TORCH], strict=True)]):.2f}"
+
         rows = [
             [
                 name,
                 f"{common.median([r['wall'] for r in rs]):.2f}",
                 f"{common.median([r['cpu'] for r in rs]):.2f}",
+                ratio(name, "wall"),
+                ratio(name, "cpu"),
                 f"{common.median([r['rss'] for r in rs]):,.0f}",
             ]
             for name, rs in runs.items()
         ]
-        print(common.markdown_table(["process", "wall s", "CPU s", "peak RSS MiB"], rows))
+        print(common.markdown_table(
+            ["process", "wall s", "CPU s", "wall / import torch", "CPU / import torch", "peak RSS MiB"], rows))
 
         breakdowns = []
         for i in range(args.repeats):
