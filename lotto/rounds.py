@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from lotto import data as datasets
-from lotto import io, layout, masks, metrics, optimal_masks, prune
+from lotto import data_cache, io, layout, masks, metrics, optimal_masks, prune
 from lotto.errors import InvalidValue
 from lotto.round_plan import BRANCHES, LOCAL_BRANCHES, start_point
 from lotto.spec import ExperimentSpec, TrainingSpec, build_model, seed_vectorisation_problems
@@ -51,7 +51,7 @@ def derived_seed(*parts: object) -> int:
 
 def load_data(spec: ExperimentSpec, data_path: str | Path, device: torch.device) -> datasets.Splits:
     d = spec.dataset
-    splits = datasets.load(
+    splits = data_cache.load_splits(  # datasets.load's splits, kept for the next job
         data_path, val_size=d.val_size, device=device, labels=list(d.labels) if d.labels else None, half=d.half
     )
     if tuple(splits.input_shape) != tuple(d.input_shape):
