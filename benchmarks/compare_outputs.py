@@ -38,6 +38,9 @@ REPO = Path(__file__).resolve().parents[1]
 WALL_CLOCK_COLUMNS = ("seconds", "wall_seconds", "time", "duration_s")
 # paths (relative to results/) that record times or machine state by nature
 TIMING_DIRS = ("benchmarks/", "logs/")
+# lotto.data_cache's splits files beside a prepared dataset: a cache of lotto.data.load, not a
+# result (checkouts before it have none)
+SPLITS_FILE = re.compile(r"\.splits-[0-9a-f]{16}\.pt$")
 
 BASE = {
     "dataset": {"name": "synthetic", "val_size": 200},
@@ -158,7 +161,8 @@ def compare(left: Path, right: Path) -> int:
     files = {}
     for root in (left, right):
         base = root / "results"
-        files[root] = {p.relative_to(base).as_posix(): p for p in sorted(base.rglob("*")) if p.is_file()}
+        files[root] = {p.relative_to(base).as_posix(): p for p in sorted(base.rglob("*"))
+                       if p.is_file() and not SPLITS_FILE.search(p.name)}
     only = set(files[left]) ^ set(files[right])
     counts: Counter[str] = Counter()
     for rel in sorted(set(files[left]) & set(files[right])):

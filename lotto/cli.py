@@ -149,22 +149,24 @@ def _run_round(args: argparse.Namespace, spec) -> None:
     from lotto import rounds
 
     paths = _seed_paths(args)
-    if len(args.seed) == 1:
-        results = [rounds.run_round(
+    if len(args.seed) == 1 and not args.branch:
+        results = {paths["out"][0]: rounds.run_round(
             spec, Path(args.data), args.seed[0], args.round, paths["out"][0],
             dense_dir=paths["dense"][0], prev_dir=paths["prev"][0],
             rewind_file=paths["rewind_from"][0], scores_file=paths["scores"][0],
-        )]
+        )}
     else:
         results = rounds.run_round_seeds(
             spec, Path(args.data), args.seed, args.round, paths["out"],
             dense_dirs=paths["dense"], prev_dirs=paths["prev"],
-            rewind_files=paths["rewind_from"], scores_files=paths["scores"],
+            rewind_files=paths["rewind_from"], scores_files=paths["scores"], branches=args.branch,
         )
     from lotto.distributed import World
 
     if World.current().writer:
-        for result, out in zip(results, paths["out"], strict=True):
+        for out, result in results.items():
+            if len(results) > 1:
+                print(f"{out}:", file=sys.stderr)
             _report(result, out)
 
 
@@ -406,6 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prev", help="the previous round's directory")
     p.add_argument("--rewind-from", help="weights file to rewind to (replay or previous rewind.pt)")
     p.add_argument("--scores", help="criterion optimal_mask: the mask logits written by learn-mask")
+    p.add_argument("--branch", action="append", default=[],
+                   help="repeat: also train this local control branch of each seed from the round's "
+                   "mask, in the same vectorised job (lotto.vmap), into <out>/<branch>")
     p.add_argument("--out", required=True, help="output directory of this round")
 
     p = verb("learn-mask", cmd_learn_mask,

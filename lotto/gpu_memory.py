@@ -10,8 +10,9 @@ more for their gradients), and the dataset counts as float32 train and test imag
 the GPU (lotto.data). Limits, by design of a simple estimate: cuDNN and cuBLAS workspaces,
 allocator fragmentation and CUDA graph pools are covered only by the fixed context term and the
 headroom gpu_slot leaves (5% of the GPU); bf16 activations are counted at 4 bytes (an
-over-estimate); the vectorised seeds of lotto.vmap are counted as one seed (an under-estimate
-by about the number of seeds for the model part).
+over-estimate); the vectorised seeds of lotto.vmap, and the control branches trained with them,
+are counted as one training (an under-estimate by about the number of trainings in the job for
+the model part).
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@ by the workflow (rules/*.smk) and by `lotto status`. Plain strings, no torch; `r
 results folder, and a wildcard template such as '{seed}' may stand for any part.
 
     data/<data_key>.pt                                 a prepared dataset
+    data/<data_key>.pt.splits-<hash>.pt                its standardised splits (lotto.data_cache)
     dense/<dense_key>/spec.json, seed<S>/              round 0, shared by experiments
     dense/<dense_key>/seed<S>/replay/step<k>.pt        round 0's weights after k iterations
     <experiment>/recipe.json, spec.json, metrics.parquet

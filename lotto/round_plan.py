@@ -17,6 +17,17 @@ BRANCHES = (
 LOCAL_BRANCHES = tuple(b for b in BRANCHES if b != "transfer")
 
 
+def branches_with_round(spec: ExperimentSpec) -> tuple[str, ...]:
+    """The control branches trained in the seeds-together job of each pruned round
+    (training.vectorize_seeds): every local branch of the experiment; none without the option."""
+    return tuple(b for b in spec.branches if b in LOCAL_BRANCHES) if spec.training.vectorize_seeds else ()
+
+
+def trains_seeds_together(spec: ExperimentSpec) -> bool:
+    """Whether one job per pruned round trains the experiment's seeds (and their local branches)."""
+    return spec.training.vectorize_seeds and (len(spec.seeds) > 1 or bool(branches_with_round(spec)))
+
+
 @dataclass(frozen=True)
 class StartPoint:
     """Where a pruned round's weights come from: theta_0, a replay of round 0 to `step`,

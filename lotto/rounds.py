@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -35,7 +35,7 @@ from lotto import io, layout, masks, metrics, optimal_masks, prune
 from lotto.criteria import BATCH, CRITERION_FACTS, LEARNED_LOGITS
 from lotto.distributed import World
 from lotto.errors import InvalidValue
-from lotto.round_plan import BRANCHES, start_point
+from lotto.round_plan import BRANCHES, LOCAL_BRANCHES, start_point
 from lotto.spec import ExperimentSpec, TrainingSpec, seed_vectorisation_problems
 from lotto.startup import derived_seed, new_model, start_job
 from lotto.train import TrainResult, evaluate, train
@@ -133,11 +133,16 @@ def run_round_seeds(
     prev_dirs: list[Path],
     rewind_files: list[Path] | None = None,
     scores_files: list[Path] | None = None,
-) -> list[TrainResult]:
+    branches: Sequence[str] = (),
+) -> dict[Path, TrainResult]:
     """Pruned round `round_` of several seeds' chains trained together (lotto.vmap), each seed's
     files written into its `outs[i]` as run_round writes them; the per-seed lists pair up with
-    `seeds`. Should a seed diverge, the seeds are trained one by one instead, as run_round does,
-    which records the divergence."""
+    `seeds`. With `branches` (local control branches), each seed's branches of this round are
+    built from the round's new mask as run_branch builds them, trained in the same call and
+    written into `outs[i]/<branch>` (lotto.layout.branch_dir) as run_branch writes them. Trainings
+    with the same schedule (steps, start, LR rule) share one vectorised loop. Should a seed
+    diverge, its loop's trainings run one by one instead, as their own jobs would, which records
+    the divergence. Returns each training's result by its output directory."""
     n = len(seeds)
     if n == 0 or len(set(seeds)) != n:
         raise InvalidValue(f"seeds {list(seeds)}: give at least one seed, each once")
@@ -149,29 +154,79 @@ def run_round_seeds(
     if round_ < 1:
         raise InvalidValue(f"round {round_}: only pruned rounds (>= 1) train seeds together; "
                            "run round 0 per seed with run_round")
+    for kind in branches:
+        if kind not in LOCAL_BRANCHES or list(branches).count(kind) > 1:
+            raise InvalidValue(f"branch {kind!r}: give each at most once, one of: {', '.join(LOCAL_BRANCHES)} "
+                               "('transfer' reads another experiment and trains in a job of its own)")
     problems = seed_vectorisation_problems(spec.model, spec.dataset, spec.training, spec.rewinding)
     if problems:
         raise InvalidValue(f"{spec.name}: " + "; ".join(f"{key}: {message}" for key, message in problems))
     job = start_job(spec, data_path)
     device, splits = job.device, job.splits
-    starts = [
-        _pruned_start(spec, splits, seed, round_, device, dense_dir=dense, prev_dir=prev, rewind_file=rewind,
-                      scores_file=scores)
-        for seed, dense, prev, rewind, scores in zip(seeds, dense_dirs, prev_dirs, per_seed["rewind_files"],
-                                                     per_seed["scores_files"], strict=True)
-    ]
     r = spec.rewinding
-    try:
-        results = train_seeds([model for model, _ in starts], splits, spec.training,
-                              masks=[mask for _, mask in starts], seeds=list(seeds), steps=r.retrain,
-                              start=r.schedule_offset, constant_lr=r.lr == "final")
-    except DivergedError as err:
-        print(f"[{spec.name} round{round_}] {err}; training the seeds one by one", file=sys.stderr, flush=True)
-        results = [_train_pruned(spec, splits, model, mask, seed, out, f"{spec.name} seed{seed} round{round_}")
-                   for seed, (model, mask), out in zip(seeds, starts, outs, strict=True)]
-    for seed, (_, mask), out, result in zip(seeds, starts, outs, results, strict=True):
-        _write_pruned(out, spec, seed, round_, mask, result)
+    runs = []
+    for seed, dense, prev, rewind, scores, out in zip(seeds, dense_dirs, prev_dirs, per_seed["rewind_files"],
+                                                      per_seed["scores_files"], outs, strict=True):
+        model, mask = _pruned_start(spec, splits, seed, round_, device, dense_dir=dense, prev_dir=prev,
+                                    rewind_file=rewind, scores_file=scores)
+        runs.append(_Run(seed, "main", out, model, mask, spec.training, r.retrain, r.schedule_offset,
+                         r.lr == "final"))
+        saved_mask = {k: v.cpu() for k, v in mask.items()}  # the mask run_branch reads from mask.pt
+        for kind in branches:
+            ticket = _Ticket(spec, seed, round_, job.new_model(seed), saved_mask, dense, device)
+            b_model, b_mask, training = BRANCH_REGISTRY[kind].start(ticket)
+            runs.append(_Run(seed, kind, out / kind, b_model, b_mask, training, training.duration, 0, False))
+
+    results: dict[Path, TrainResult] = {}
+    for run in runs:
+        if run.kind != "main" and not BRANCH_REGISTRY[run.kind].trained:
+            results[run.out] = evaluate_untrained(run.model, splits, run.mask)
+    groups: dict[tuple, list[_Run]] = {}
+    for run in runs:
+        if run.out not in results:
+            groups.setdefault((run.training, run.steps, run.start, run.constant_lr), []).append(run)
+    for (training, steps, start, constant_lr), group in groups.items():
+        kinds = sorted({run.kind for run in group})
+        try:
+            trained = train_seeds([run.model for run in group], splits, training, masks=[run.mask for run in group],
+                                  seeds=[run.seed for run in group], steps=steps, start=start,
+                                  constant_lr=constant_lr, label=f"{spec.name} round{round_} {'+'.join(kinds)}")
+        except DivergedError as err:
+            print(f"[{spec.name} round{round_}] {err}; training the seeds one by one ({'+'.join(kinds)})",
+                  file=sys.stderr, flush=True)
+            trained = [_train_alone(spec, splits, run, round_) for run in group]
+        results.update({run.out: result for run, result in zip(group, trained, strict=True)})
+    for run in runs:
+        if run.kind == "main":
+            _write_pruned(run.out, spec, run.seed, round_, run.mask, results[run.out])
+        else:
+            _write_training(run.out, spec, run.seed, round_, run.kind, run.mask, results[run.out])
+            _finish(run.out)
     return results
+
+
+@dataclass
+class _Run:
+    """One training of a seeds-together round: a seed's ticket ('main') or one of its branches."""
+
+    seed: int
+    kind: str
+    out: Path
+    model: torch.nn.Module
+    mask: masks.Mask
+    training: TrainingSpec
+    steps: int
+    start: int
+    constant_lr: bool
+
+
+def _train_alone(spec: ExperimentSpec, splits: datasets.Splits, run: _Run, round_: int) -> TrainResult:
+    """A run of a seeds-together round trained as its own job trains it (run_round, run_branch)."""
+    if run.kind == "main":
+        return _train_pruned(spec, splits, run.model, run.mask, run.seed, run.out,
+                             f"{spec.name} seed{run.seed} round{round_}")
+    return train(run.model, splits, run.training, mask=run.mask, seed=run.seed, steps=run.steps,
+                 resume_path=_resume_file(run.out), label=f"{spec.name} seed{run.seed} round{round_} {run.kind}")
 
 
 def _pruned_start(spec: ExperimentSpec, splits: datasets.Splits, seed: int, round_: int, device: torch.device,

@@ -505,7 +505,7 @@ def seed_vectorisation_problems(model: ModelSpec, dataset: DatasetSpec, training
     known = _model_facts(model, dataset)  # a model that cannot be built is reported on its own
     if known.build_error is None and (err := known.not_vectorisable):
         problems.append(("model", f"{model.name!r} cannot train its seeds together ({err}); "
-                         f"allowed: a model without BatchNorm or dropout, {off}"))
+                         f"allowed: a model without BatchNorm, {off}"))
     if training.checkpoint_every:
         problems.append(("training.checkpoint_every", f"{training.checkpoint_every} it: in-round resume "
                          f"is per seed, not for seeds trained together; allowed: 0, {off}"))

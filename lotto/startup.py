@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from lotto import data as datasets
-from lotto import stream
+from lotto import data_cache, stream
 from lotto.errors import InvalidValue
 from lotto.spec import ExperimentSpec, build_model
 from lotto.stream import StreamedData
@@ -32,7 +32,7 @@ def load_splits(spec: ExperimentSpec, data_path: str | Path, device: torch.devic
     if d.streamed:
         return stream.load(data_path, val_size=d.val_size, image_size=d.image_size, resize=d.resize,
                            augment=d.augment, device=device, workers=spec.training.loader_workers)
-    splits = datasets.load(
+    splits = data_cache.load_splits(  # datasets.load's splits, kept for the next job
         data_path, val_size=d.val_size, device=device, labels=list(d.labels) if d.labels else None, half=d.half
     )
     if tuple(splits.input_shape) != tuple(d.input_shape):

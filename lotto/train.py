@@ -541,6 +541,12 @@ class TrainingLoop:
         return "ok"
 
 
+def dropout_seed(seed: int, start: int) -> int:
+    """The seed of a training's dropout stream (torch's global generator in train(), a generator
+    of its own per seed in lotto.vmap): a function of the batch seed and the schedule's start."""
+    return seed * 7919 + start
+
+
 def train(
     model: nn.Module,
     data: Splits,
@@ -593,7 +599,7 @@ def train(
         state_of=lambda: _clone_state(model),
         steps=steps, start=start, constant_lr=constant_lr, label=label, world=world,
     )  # fmt: skip
-    torch.manual_seed(seed * 7919 + start)  # dropout randomness
+    torch.manual_seed(dropout_seed(seed, start))  # dropout randomness
     state = loop.new_state(runs=1)
     identity = _identity(spec, mask, seed, start, steps, constant_lr, model)
     saved = _load_resume(resume_path, identity, device, label, tidy=world.writer)

@@ -11,9 +11,14 @@ The batch order, augmentation, LR schedule, L2, re-zeroing of pruned weights and
 metric rows are those of `lotto.train.train` (the same code: lotto.train.TrainingLoop; this
 module supplies the vectorised forward pass, evaluation and batch gather), so each seed's
 result matches a separate run of it up to float rounding (batched and single matrix products
-round differently). Only what a pruned round needs is supported: models without BatchNorm or
-dropout (their state or randomness would be shared across seeds), any start point of the
-schedule and a constant final LR, but no snapshots, resume or per-seed divergence handling.
+round differently). Dropout draws each seed's noise from a generator of its own, seeded as
+train() seeds torch's global one (lotto.train.dropout_seed), with the op and in the order
+train()'s dropout layers draw it, so on a CPU each seed's dropout stream is the one it has alone
+(SeedDropout). On a GPU, train() draws through CUDA's fused dropout kernel, whose stream no
+per-seed generator can reproduce: there the vectorised seeds get their own reproducible streams,
+not the separate runs'. Only what a pruned round and its control branches need is supported:
+models without BatchNorm (its running statistics would be shared across seeds), any start point
+of the schedule and a constant final LR, but no snapshots, resume or per-seed divergence handling.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from lotto.train import (
     TrainingLoop,
     TrainResult,
     autocast,
+    dropout_seed,
 )
 
 
@@ -51,11 +57,74 @@ def check_vectorisable(model: nn.Module) -> None:
                 f"layer {name!r} is BatchNorm, whose running statistics cannot be kept per seed "
                 "under vmap; train such models one seed at a time with lotto.train.train"
             )
-        if isinstance(module, nn.Dropout) and module.p > 0:
+        if isinstance(module, nn.modules.dropout._DropoutNd) and not isinstance(module, nn.Dropout) \
+                and module.p > 0:
             raise InvalidValue(
-                f"layer {name!r} is dropout (p={module.p}), whose randomness would differ from "
-                "separate runs; train such models one seed at a time with lotto.train.train"
+                f"layer {name!r} is {type(module).__name__}, whose noise lotto.vmap does not draw "
+                "per seed (only nn.Dropout); train such models one seed at a time with lotto.train.train"
             )
+
+
+class _GivenNoise(nn.Module):
+    """A dropout layer of the vectorised training forward: multiplies by the noise its seed drew
+    for this step (`noise`, set per call through functional_call), as nn.Dropout multiplies."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("noise", torch.empty(0, device="meta"))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.noise
+
+
+class SeedDropout:
+    """Each seed's dropout noise for the next training step, drawn as train() draws it alone.
+
+    On a CPU, nn.Dropout in training computes `x * empty_like(x).bernoulli_(1 - p).div_(1 - p)`
+    with torch's global generator, which train() seeds with dropout_seed(seed, start); here each
+    seed has a generator seeded the same way and draws the same op for each dropout layer in the
+    order the forward pass calls them, so its noise is bit for bit that of its run alone
+    (tests/test_vmap.py checks it). The noise lands in fixed tensors (`noise`, seed dimension
+    first) that the vectorised forward reads, so a CUDA graph replays with each step's draw.
+    """
+
+    def __init__(self, model: nn.Module, seeds: list[int], start: int, batch_shape: tuple[int, ...],
+                 precision: str, device: torch.device):
+        self.device = device
+        self.layers: list[tuple[str, float, torch.Size, torch.dtype]] = []  # in call order
+        self.generators: list[torch.Generator] = []
+        self.noise: dict[str, torch.Tensor] = {}
+        if not any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules()):
+            return
+        probe = copy.deepcopy(model).eval()  # eval: the probe itself draws nothing
+        hooks = [
+            module.register_forward_pre_hook(
+                lambda m, args, name=name: self.layers.append((name, m.p, args[0].shape, args[0].dtype)))
+            for name, module in probe.named_modules() if isinstance(module, nn.Dropout) and module.p > 0
+        ]
+        with torch.no_grad(), autocast(precision, device):
+            probe(torch.zeros(batch_shape, device=device))
+        for hook in hooks:
+            hook.remove()
+        names = [name for name, *_ in self.layers]
+        if len(set(names)) != len(names):
+            raise InvalidValue(f"a dropout layer is called more than once per forward pass ({names}); "
+                               "train such models one seed at a time with lotto.train.train")
+        self.generators = [torch.Generator(device=device).manual_seed(dropout_seed(s, start)) for s in seeds]
+        self.noise = {f"{name}.noise": torch.empty((len(seeds), *shape), dtype=dtype, device=device)
+                      for name, _, shape, dtype in self.layers}
+
+    def draw(self) -> None:
+        for i, generator in enumerate(self.generators):
+            for name, p, shape, dtype in self.layers:
+                fresh = torch.empty(shape, dtype=dtype, device=self.device).bernoulli_(1 - p, generator=generator)
+                self.noise[f"{name}.noise"][i].copy_(fresh.div_(1 - p))
+
+    def training_skeleton(self, skeleton: nn.Module) -> nn.Module:
+        """`skeleton` (a meta copy of the model) with each drawn dropout layer reading the noise."""
+        for name, *_ in self.layers:
+            skeleton.set_submodule(name, _GivenNoise())
+        return skeleton
 
 
 def train_seeds(
@@ -91,17 +160,20 @@ def train_seeds(
     device = data.train_x.device
     n_seeds = len(models)
     params, buffers = stack_module_state(models)
-    skeleton = copy.deepcopy(models[0]).to("meta")
+    dropout = SeedDropout(models[0], seeds, start, (spec.batch_size, *data.train_x.shape[1:]),
+                          spec.precision, device)
+    train_skeleton = dropout.training_skeleton(copy.deepcopy(models[0]).to("meta"))
+    eval_skeleton = copy.deepcopy(models[0]).to("meta").eval()  # dropout off, as train() evaluates
 
-    def forward(p: dict[str, torch.Tensor], b: dict[str, torch.Tensor], x: torch.Tensor):
-        return functional_call(skeleton, (p, b), (x,))
+    def forward(skeleton: nn.Module):
+        return lambda p, b, x: functional_call(skeleton, (p, b), (x,))
 
-    per_seed = vmap(forward)  # params, buffers, inputs all stacked by seed
-    shared_input = vmap(forward, in_dims=(0, 0, None))  # one evaluation batch for all seeds
+    per_seed = vmap(forward(train_skeleton))  # params, buffers, inputs all stacked by seed
+    shared_input = vmap(forward(eval_skeleton), in_dims=(0, 0, None))  # one evaluation batch for all
 
     def seed_losses(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Each seed's mean loss on its own batch; x is (S, B, ...), y (S, B)."""
-        out = per_seed(params, buffers, x)  # (S, B, classes)
+        out = per_seed(params, {**buffers, **dropout.noise}, x)  # (S, B, classes)
         return F.cross_entropy(out.transpose(1, 2), y, reduction="none").mean(1), out
 
     def evaluate(x: torch.Tensor, y: torch.Tensor) -> list[tuple[float, float]]:
@@ -124,6 +196,7 @@ def train_seeds(
         x, y = data.train_x[idx], data.train_y[idx]  # (S, B, ...): one gather for all seeds
         if data.augment:
             x = torch.stack([s.augment(x[i], global_step) for i, s in enumerate(schedules)])
+        dropout.draw()  # this step's noise, outside any CUDA graph (the step reads it)
         return x, y
 
     names = [name for name, _, _ in prunable_layers(models[0])]

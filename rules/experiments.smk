@@ -19,7 +19,12 @@ from lotto.inputs import (
     name_problem,
     outside_results,
 )
-from lotto.round_plan import LOCAL_BRANCHES, start_point
+from lotto.round_plan import (
+    LOCAL_BRANCHES,
+    branches_with_round,
+    start_point,
+    trains_seeds_together,
+)
 from lotto.spec import (
     PruningSpec,
     RewindingSpec,

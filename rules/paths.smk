@@ -118,7 +118,8 @@ def training_jobs(experiment):
             if experiment not in SEEDS_TOGETHER:
                 jobs.append(layout.round_job(experiment, seed, r))
             for branch in spec.branches:
-                jobs.append(layout.branch_job(experiment, seed, r, branch))
+                if branch not in branches_with_round(spec):
+                    jobs.append(layout.branch_job(experiment, seed, r, branch))
     return jobs
 
 

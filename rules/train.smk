@@ -110,8 +110,9 @@ rule prune_round:
 
 
 # The same rounds for experiments with training.vectorize_seeds: one job per round trains every
-# seed together and writes each seed's files where prune_round would; paths hold '{seed}',
-# which `lotto round` fills in for each --seed.
+# seed together, with each seed's local control branches, and writes each seed's files where
+# prune_round and control_branch would; paths hold '{seed}', which `lotto round` fills in for
+# each --seed.
 for _experiment, _rule_name in SEEDS_TOGETHER.items():
 
     rule:
@@ -120,22 +121,7 @@ for _experiment, _rule_name in SEEDS_TOGETHER.items():
         input:
             unpack(seeds_round_inputs),
         output:
-            checkpoint=expand(
-                f"{SEEDS_ROUND_DIR}/checkpoint.pt",
-                seed=EXPERIMENTS[_experiment].seeds,
-            ),
-            mask=expand(
-                f"{SEEDS_ROUND_DIR}/mask.pt",
-                seed=EXPERIMENTS[_experiment].seeds,
-            ),
-            metrics=expand(
-                f"{SEEDS_ROUND_DIR}/metrics.parquet",
-                seed=EXPERIMENTS[_experiment].seeds,
-            ),
-            rewind=expand(
-                f"{SEEDS_ROUND_DIR}/rewind.pt",
-                seed=EXPERIMENTS[_experiment].seeds,
-            ),
+            **seeds_round_outputs(_experiment),
         log:
             layout.log_file(layout.seeds_round_job("{experiment}", "{round}")),
         benchmark:
@@ -155,7 +141,7 @@ for _experiment, _rule_name in SEEDS_TOGETHER.items():
             "python -m lotto.gpu_slot {params.slot} --energy {log}.energy.json -- "
             "python -m lotto round --spec {input.spec} --data {input.data} {params.paths[seeds]} "
             "--round {wildcards.round} --dense {params.paths[dense]:q} --prev {params.paths[prev]:q} "
-            "{params.paths[options]} {params.execution} --threads {threads} --out {params.paths[out]:q} > {log} 2>&1"
+            "{params.paths[options]} {params.paths[branches]} {params.execution} --threads {threads} --out {params.paths[out]:q} > {log} 2>&1"
 
 
 rule control_branch:
@@ -173,6 +159,8 @@ rule control_branch:
         layout.log_file(BRANCH_JOB),
     benchmark:
         layout.benchmark_file(BRANCH_JOB)
+    wildcard_constraints:
+        experiment=_names(ONE_SEED_PER_JOB),  # the others train their branches with the round
     conda:
         "../envs/lotto.yaml"
     threads: TRAINING_THREADS

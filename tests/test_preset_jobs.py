@@ -26,7 +26,7 @@ import yaml
 from workflow_util import REPO, SNAKEFILE, Job, job_env, parse_jobs
 
 from lotto import eb_plan
-from lotto.round_plan import LOCAL_BRANCHES, start_point
+from lotto.round_plan import LOCAL_BRANCHES, branches_with_round, start_point, trains_seeds_together
 from lotto.spec import ExperimentSpec, load_experiment
 
 pytestmark = pytest.mark.workflow
@@ -82,7 +82,7 @@ def experiment_jobs(spec: ExperimentSpec) -> set[Planned]:
     jobs |= {planned("collect", experiment=name), planned("render_tables", experiment=name)}
     jobs |= {planned("render_figure", experiment=name, kind=kind) for kind in IMP_FIGURE_KINDS}
     rounds = range(1, spec.pruning.rounds + 1)
-    seeds_together = spec.training.vectorize_seeds and len(spec.seeds) > 1
+    seeds_together = trains_seeds_together(spec)
     if seeds_together:
         jobs |= {planned("prune_round_seeds", experiment=name, round=r) for r in rounds}
     for seed in spec.seeds:
@@ -91,6 +91,8 @@ def experiment_jobs(spec: ExperimentSpec) -> set[Planned]:
         if spec.pruning.criterion == "optimal_mask":
             jobs.add(planned("learn_mask", experiment=name, seed=seed))
         for branch in spec.branches:
+            if branch in branches_with_round(spec):
+                continue  # trained in the round's seeds-together job
             if branch in LOCAL_BRANCHES:
                 jobs |= {planned("control_branch", experiment=name, seed=seed, round=r, branch=branch)
                          for r in rounds}

@@ -4,6 +4,7 @@ several --seed, and the workflow's one job per (experiment, round)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -47,7 +48,6 @@ BN_MODEL = {
 }
 REFUSED = {
     "BatchNorm": (BN_MODEL, "model: 'resnet20' cannot train its seeds together", "BatchNorm"),
-    "dropout": ({"model": {"dropout": 0.5}}, "model: 'lenet_300_100' cannot", "dropout (p=0.5)"),
     "in-round resume": ({"training": {"checkpoint_every": 10}}, "training.checkpoint_every: 10 it",
                         "allowed: 0"),
     "rewind X% back": ({"rewinding": {"weights": "back", "back": 0.5}}, "rewinding.weights: 'back'",
@@ -68,7 +68,7 @@ def test_what_cannot_train_together_is_refused_naming_key_value_and_the_way_out(
 
 def test_every_refusal_is_reported_at_once():
     with pytest.raises(SpecError) as refused:
-        tiny_spec(model={"dropout": 0.5}, training={"vectorize_seeds": True, "checkpoint_every": 10},
+        tiny_spec(**BN_MODEL, training={"vectorize_seeds": True, "checkpoint_every": 10},
                   rewinding={"weights": "back", "back": 0.5})
     assert len(str(refused.value).splitlines()) == 3
 
@@ -123,8 +123,9 @@ def inputs_of(spec: ExperimentSpec, data: Path, dense: dict[int, Path], prev: di
             "rewind_files": rewind or None, "scores_files": scores or None}
 
 
-def run_both_ways(spec, data, inputs, round_, root) -> tuple[list[Path], list[Path]]:
-    """The round of every seed as separate run_round calls, and as one run_round_seeds call."""
+def run_both_ways(spec, data, inputs, round_, root, branches=()) -> tuple[list[Path], list[Path]]:
+    """The round of every seed as separate run_round calls, and as one run_round_seeds call
+    (with `branches`, which the caller runs alone)."""
     alone = [root / "alone" / f"seed{s}" for s in SEEDS]
     together = [root / "together" / f"seed{s}" for s in SEEDS]
     for i, seed in enumerate(SEEDS):
@@ -132,11 +133,23 @@ def run_both_ways(spec, data, inputs, round_, root) -> tuple[list[Path], list[Pa
                          prev_dir=inputs["prev_dirs"][i],
                          rewind_file=(inputs["rewind_files"] or [None] * 3)[i],
                          scores_file=(inputs["scores_files"] or [None] * 3)[i])
-    rounds.run_round_seeds(spec, data, SEEDS, round_, together, **inputs)
+    rounds.run_round_seeds(spec, data, SEEDS, round_, together, **inputs, branches=branches)
     return alone, together
 
 
-def assert_same_round(alone: Path, together: Path, exact: bool = False) -> None:
+def nan_as_none(value):
+    """NaN compares unequal to itself; untrained branches' rows have lr NaN."""
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def assert_same_round(alone: Path, together: Path, exact: bool = False, same_name: bool = True) -> None:
+    """A pruned round's files (assert_same_training), and an empty rewind.pt in both."""
+    assert set(ROUND_FILES) <= {p.name for p in together.iterdir()}
+    assert io.load_torch(together / "rewind.pt") == io.load_torch(alone / "rewind.pt") == {}
+    assert_same_training(alone, together, exact, same_name)
+
+
+def assert_same_training(alone: Path, together: Path, exact: bool = False, same_name: bool = True) -> None:
     """Same files and metrics schema, the identical mask, weights and metrics equal up to float
     rounding (batched and single matrix products round differently), or exactly.
 
@@ -145,21 +158,20 @@ def assert_same_round(alone: Path, together: Path, exact: bool = False) -> None:
     a weight by a fraction of the lr (on an AVX-512 AMD EPYC, 7 of 19,200 weights differed by up
     to 6.4e-5 under learning-rate rewinding; on the Intel boxes of earlier sessions all < 1e-5)."""
     assert sorted(p.name for p in together.iterdir()) == sorted(p.name for p in alone.iterdir())
-    assert set(ROUND_FILES) <= {p.name for p in together.iterdir()}
     mask_a, mask_t = masks.load(alone / "mask.pt"), masks.load(together / "mask.pt")
     assert mask_a.keys() == mask_t.keys() and all(torch.equal(mask_a[k], mask_t[k]) for k in mask_a)
     state_a, state_t = io.load_torch(alone / "checkpoint.pt"), io.load_torch(together / "checkpoint.pt")
     assert state_a.keys() == state_t.keys()
     for key in state_a:
         torch.testing.assert_close(state_t[key], state_a[key], rtol=0, atol=0 if exact else 2e-4)
-    assert io.load_torch(together / "rewind.pt") == io.load_torch(alone / "rewind.pt") == {}
     table_a, table_t = pq.read_table(alone / "metrics.parquet"), pq.read_table(together / "metrics.parquet")
     assert table_t.schema.equals(metrics.SCHEMA) and table_a.schema.equals(metrics.SCHEMA)
     rows_a, rows_t = table_a.to_pylist(), table_t.to_pylist()
-    assert len(rows_a) == len(rows_t) >= 3
+    assert len(rows_a) == len(rows_t) >= 2  # untrained branches: val and test at step 0
     for a, t in zip(rows_a, rows_t, strict=True):
         same = ("experiment", "seed", "round", "branch", "density", "step", "split", "lr", "status")
-        assert {k: t[k] for k in same} == {k: a[k] for k in same}
+        same = same if same_name else same[1:]  # two experiments of one workflow run
+        assert {k: nan_as_none(t[k]) for k in same} == {k: nan_as_none(a[k]) for k in same}
         assert t["loss"] == pytest.approx(a["loss"], rel=0 if exact else 1e-4, nan_ok=True)
         assert t["accuracy"] == pytest.approx(a["accuracy"], abs=0 if exact else 2e-3, nan_ok=True)
 
@@ -174,6 +186,35 @@ def test_seeds_together_write_what_each_seed_alone_writes(synthetic_data, dense,
         assert_same_round(a, t)
     # the seeds trained apart from each other (a vectorisation that mixed them would not)
     first, second = (io.load_torch(t / "checkpoint.pt")["1.weight"] for t in together[:2])
+    assert not torch.allclose(first, second)
+
+
+LOCAL = list(round_plan.LOCAL_BRANCHES)
+
+
+@pytest.mark.parametrize("overrides", [
+    {"branches": LOCAL},
+    {"branches": ["reinit", "random_mask"], "model": {"dropout": 0.5},
+     "rewinding": {"weights": "step", "step": 20}},
+], ids=["every local branch", "dropout, theta_k"])
+def test_branches_trained_with_the_round_write_what_their_own_jobs_write(synthetic_data, tmp_path,
+                                                                         overrides):
+    """Each seed's ticket and control branches in one run_round_seeds call: every branch's files as
+    run_branch writes them from the round's mask (weights to 2e-4, masks and metric keys exactly).
+    The second case has dropout (per-seed noise) and a ticket on another schedule than its
+    branches (theta_k: 40 steps from step 20; branches: 60 from 0), so two vectorised loops."""
+    spec = tiny_spec(seeds=SEEDS, **overrides)
+    dense = {s: tmp_path / "dense" / f"seed{s}" for s in SEEDS}
+    for seed in SEEDS:
+        rounds.run_round(spec, synthetic_data, seed, 0, dense[seed])
+    inputs = inputs_of(spec, synthetic_data, dense, dense, 1, tmp_path)
+    alone, together = run_both_ways(spec, synthetic_data, inputs, 1, tmp_path, branches=spec.branches)
+    for seed, a, t in zip(SEEDS, alone, together, strict=True):
+        for kind in spec.branches:
+            rounds.run_branch(spec, synthetic_data, seed, 1, kind, a, dense[seed], a / kind)
+            assert_same_training(a / kind, t / kind)
+        assert_same_round(a, t)
+    first, second = (io.load_torch(t / "reinit" / "checkpoint.pt")["1.weight"] for t in together[:2])
     assert not torch.allclose(first, second)
 
 
@@ -275,50 +316,93 @@ WORKFLOW_EXPERIMENT = experiment(
 
 @pytest.mark.workflow
 def test_dry_run_plans_one_job_per_round_beside_per_seed_experiments(tmp_path):
-    """The vectorised experiment's rounds are one job each, with every seed's files as outputs;
-    a per-seed experiment of the same config keeps prune_round, round 0 stays shared and per
-    seed, and the control branches read each seed's mask where they always did."""
+    """The vectorised experiment's rounds are one job each, with every seed's round and local
+    branch files as outputs; a per-seed experiment of the same config keeps prune_round and
+    control_branch, round 0 stays shared and per seed, and the transfer branch (another
+    experiment's tickets) keeps its own job."""
     work = Workdir(tmp_path)
     per_seed = experiment(WORKFLOW_EXPERIMENT, training={"vectorize_seeds": False},
+                          pruning={"rates": {"fc": 0.3}}, branches=["random_mask"])
+    transfer = experiment(WORKFLOW_EXPERIMENT, branches=["transfer"], transfer={"from": "tp"},
                           pruning={"rates": {"fc": 0.3}})
     work.write_config([work.write_experiment("tv-1", experiment(WORKFLOW_EXPERIMENT,
                                                                 branches=["reinit"])),
-                       work.write_experiment("tp", per_seed)])
+                       work.write_experiment("tp", per_seed), work.write_experiment("tt", transfer)])
     result = work.snakemake("-n").check()
     stats = job_stats(result.output)
-    assert stats["prune_round_seeds_tv_1"] == 2  # rounds
+    assert stats["prune_round_seeds_tv_1"] == 2 and stats["prune_round_seeds_tt"] == 2  # rounds
     assert stats["prune_round"] == 2 * 2  # seeds x rounds, of tp
-    assert stats["dense_round"] == 2 and stats["replay"] == 2  # shared by both experiments
-    assert stats["control_branch"] == 2 * 2  # seeds x rounds, of tv-1
+    assert stats["dense_round"] == 2 and stats["replay"] == 2  # shared by the three experiments
+    assert stats["control_branch"] == 2 * 2  # seeds x rounds, of tp only
+    assert stats["transfer_branch"] == 2 * 2  # seeds x rounds, of tt
     vectorised = [job for job in result.jobs if job.rule == "prune_round_seeds_tv_1"]
     assert sorted(job.wildcards["round"] for job in vectorised) == ["1", "2"]
     for job in vectorised:
         r = job.wildcards["round"]
         assert set(job.outputs) == {f"results/tv-1/seed{s}/round{r}/{name}"
-                                    for s in (0, 1) for name in ROUND_FILES}
+                                    for s in (0, 1) for name in ROUND_FILES} | {
+            f"results/tv-1/seed{s}/round{r}/reinit/{name}"
+            for s in (0, 1) for name in ("checkpoint.pt", "mask.pt", "metrics.parquet")}
     assert all(job.wildcards["experiment"] == "tp" for job in result.jobs
-               if job.rule == "prune_round")
+               if job.rule in ("prune_round", "control_branch"))
+
+
+# ticket + re-init + random mask with dropout (per-seed noise), vectorised and not; the same
+# recipe, so one round 0. (A ticket on another schedule than its branches: the library test.)
+TOGETHER_EXPERIMENT = experiment(WORKFLOW_EXPERIMENT, model={"name": "lenet_300_100", "dropout": 0.5},
+                                 pruning={"rounds": 1}, rewinding=None, branches=["reinit", "random_mask"])
+
+
+def differences(alone: Path, together: Path) -> tuple[float, bool, float, float]:
+    """max |weight difference|, masks identical, max |loss difference|, max |accuracy difference|."""
+    state_a, state_t = io.load_torch(alone / "checkpoint.pt"), io.load_torch(together / "checkpoint.pt")
+    weight = max(float((state_a[k] - state_t[k]).abs().max()) for k in state_a)
+    mask_a, mask_t = masks.load(alone / "mask.pt"), masks.load(together / "mask.pt")
+    same_mask = mask_a.keys() == mask_t.keys() and all(torch.equal(mask_a[k], mask_t[k]) for k in mask_a)
+    rows_a, rows_t = (pq.read_table(d / "metrics.parquet").to_pylist() for d in (alone, together))
+    loss = max(abs(a["loss"] - t["loss"]) for a, t in zip(rows_a, rows_t, strict=True))
+    accuracy = max(abs(a["accuracy"] - t["accuracy"]) for a, t in zip(rows_a, rows_t, strict=True))
+    return weight, same_mask, loss, accuracy
 
 
 @pytest.mark.workflow
-def test_vectorised_experiment_runs_end_to_end(tmp_path):
-    """A real run to the experiment's metrics table: one round job per round, each seed's files
-    where a per-seed run puts them, and a second run has nothing to do."""
+def test_vectorised_rounds_and_branches_through_the_default_target_match_separate_jobs(tmp_path):
+    """One real run of the default target with the experiment vectorised (tv) and not (ts): one
+    job per round in tv, trains ticket, re-init and random mask of both seeds; each of its files
+    lies where ts's per-seed and per-branch jobs put theirs and matches them (weights to 2e-4,
+    masks exactly, metric keys exactly); figures, tables and report are made; a second run has
+    nothing to do."""
     work = Workdir(tmp_path)
-    work.write_config([work.write_experiment("tv", WORKFLOW_EXPERIMENT)])
-    result = work.snakemake("results/tv/metrics.parquet").check()
+    work.write_config([work.write_experiment("tv", TOGETHER_EXPERIMENT),
+                       work.write_experiment("ts", experiment(TOGETHER_EXPERIMENT,
+                                                              training={"vectorize_seeds": False}))])
+    result = work.snakemake().check()
     stats = job_stats(result.output)
-    assert stats["prune_round_seeds_tv"] == 2 and "prune_round" not in stats
-    assert stats["dense_round"] == 2 and stats["replay"] == 2
+    assert stats["prune_round_seeds_tv"] == 1
+    assert stats["prune_round"] == 2 and stats["control_branch"] == 2 * 2  # all of ts
+    assert stats["dense_round"] == 2 and "replay" not in stats  # round 0 shared by tv and ts
+    print("\n| seed | round | branch | max abs d weight | masks equal | max abs d loss | max abs d acc |")
     for seed in (0, 1):
-        for r in (1, 2):
-            for name in ROUND_FILES:
-                assert (work.results / "tv" / f"seed{seed}" / f"round{r}" / name).is_file()
-    frame = metrics.read([work.results / "tv" / "metrics.parquet"])
-    assert sorted(set(zip(frame["seed"], frame["round"], strict=True))) == [
-        (s, r) for s in (0, 1) for r in (0, 1, 2)]
-    assert (work.results / "benchmarks" / "tv" / "round2-seeds.tsv").is_file()
-    log = (work.results / "logs" / "tv" / "round2-seeds.log").read_text()
-    assert log.count("final test acc") == 2 and "status ok" in log
-    rerun = work.snakemake("-n", "results/tv/metrics.parquet").check()
+        for r in (1,):
+            for branch in ("main", "reinit", "random_mask"):
+                where = f"seed{seed}/round{r}" + ("" if branch == "main" else f"/{branch}")
+                alone, together = work.results / "ts" / where, work.results / "tv" / where
+                weight, same_mask, loss, accuracy = differences(alone, together)
+                print(f"| {seed} | {r} | {branch} | {weight:.2e} | {same_mask} | {loss:.2e} | {accuracy:.2e} |")
+                if branch == "main":
+                    assert_same_round(alone, together, same_name=False)
+                else:
+                    assert_same_training(alone, together, same_name=False)
+    for name in ("tv", "ts"):
+        assert (work.results / "figures" / name / "accuracy.png").is_file()
+        frame = metrics.read([work.results / name / "metrics.parquet"])
+        assert sorted(set(zip(frame["seed"], frame["round"], frame["branch"], strict=True))) == sorted(
+            [(s, 0, "main") for s in (0, 1)]
+            + [(s, 1, b) for s in (0, 1) for b in ("main", "random_mask", "reinit")])
+    assert (work.results / "report.html").is_file()
+    assert (work.results / "benchmarks" / "tv" / "round1-seeds.tsv").is_file()
+    assert not (work.results / "benchmarks" / "tv" / "seed0").exists()  # no per-branch jobs in tv
+    log = (work.results / "logs" / "tv" / "round1-seeds.log").read_text()
+    assert log.count("final test acc") == 2 * 3 and "status ok" in log
+    rerun = work.snakemake("-n").check()
     assert "Nothing to be done" in rerun.output and not parse_jobs(rerun.output)
