@@ -58,7 +58,7 @@ def test_two_task_gloo_round_through_slurm_equals_one_process(cluster, tmp_path)
 
     alone = work.path / "alone"
     subprocess.run([sys.executable, "-m", "lotto", "round", "--spec", f"{out}/../spec.json", "--data",
-                    str(next((work.results / "data").glob("*.pt"))), "--seed", "0", "--round", "0",
+                    str(work.results / "data" / f"{spec.data_key}.pt"), "--seed", "0", "--round", "0",
                     "--out", str(alone)], cwd=work.path, env=job_env(), check=True, capture_output=True,
                    timeout=120)  # fmt: skip
     ours, reference = torch.load(work.path / out / "checkpoint.pt"), torch.load(alone / "checkpoint.pt")

@@ -122,7 +122,7 @@ def test_snakemake_runs_a_2_process_round_on_2_fake_gpus(tmp_path, monkeypatch):
 
     alone = work.path / "alone"
     subprocess.run([sys.executable, "-m", "lotto", "round", "--spec", f"{out}/../spec.json", "--data",
-                    str(next((work.results / "data").glob("*.pt"))), "--seed", "0", "--round", "0",
+                    str(work.results / "data" / f"{spec.data_key}.pt"), "--seed", "0", "--round", "0",
                     "--out", str(alone)], cwd=work.path, check=True, capture_output=True, timeout=120)  # fmt: skip
     ours, reference = torch.load(work.path / out / "checkpoint.pt"), torch.load(alone / "checkpoint.pt")
     assert max(float((ours[k] - reference[k]).abs().max()) for k in ours) < 1e-5
