@@ -10,6 +10,10 @@ never a copy of an image). A training job then reads, decodes and augments each 
   re-run see the same examples;
 - how augmented: each image's random-resized crop and flip come from a generator seeded by
   (seed, step, position in the batch), so they repeat too, whichever process decodes it;
+- in several processes (lotto.distributed): each rank reads and decodes only its contiguous
+  shard of the global batch (World.shard), its images keeping their positions in the global
+  batch, so the ranks' shards together are the one-process batch, crops included; evaluation
+  reads each rank's slice of a split;
 - where decoded: in DataLoader worker processes (torchvision.io.decode_jpeg on the CPU,
   the augmented uint8 batch pinned and copied asynchronously), or, on a CUDA device, batched
   with nvjpeg on the device (workers then only read the files' bytes). Workers prefetch
@@ -193,18 +197,20 @@ def _collate(items: list[tuple[torch.Tensor, int, tuple]]) -> tuple[Any, torch.T
 
 
 class _Steps:
-    """The training batch sampler: the keys of step first_step, first_step + 1, ... (endless).
+    """The training batch sampler: the keys of step first_step, first_step + 1, ... (endless),
+    each step's restricted to `part` of the global batch (a rank's shard; all of it alone).
     It lives in the training process, so moving `first_step` re-aims persistent workers."""
 
-    def __init__(self, n: int, batch_size: int, seed: int):
-        self.n, self.batch_size, self.seed = n, batch_size, seed
+    def __init__(self, n: int, batch_size: int, seed: int, part: slice = slice(None)):
+        self.n, self.batch_size, self.seed, self.part = n, batch_size, seed, part
         self.per_epoch = max(1, n // batch_size)
         self.first_step = 0
 
     def keys(self, step: int, order: torch.Tensor) -> list[tuple[int, int, int]]:
+        """(step, position in the global batch, index) of the examples of `part` of the batch."""
         pos = step % self.per_epoch
         chosen = order[pos * self.batch_size : (pos + 1) * self.batch_size].tolist()
-        return [(step, j, i) for j, i in enumerate(chosen)]
+        return [(step, j, chosen[j]) for j in range(self.batch_size)[self.part]]
 
     def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
         step, epoch, order = self.first_step, -1, None
@@ -217,17 +223,19 @@ class _Steps:
 
 
 class _InOrder:
-    """The evaluation batch sampler: the whole split in order."""
+    """The evaluation batch sampler: the split's examples `part` (all of them, or a rank's
+    contiguous slice) in order."""
 
-    def __init__(self, n: int):
-        self.n = n
+    def __init__(self, n: int, part: slice = slice(None)):
+        self.indices = range(n)[part]
 
     def __len__(self) -> int:
-        return math.ceil(self.n / EVAL_IMAGES)
+        return math.ceil(len(self.indices) / EVAL_IMAGES)
 
     def __iter__(self) -> Iterator[list[tuple[None, int, int]]]:
-        for start in range(0, self.n, EVAL_IMAGES):
-            yield [(None, j, i) for j, i in enumerate(range(start, min(start + EVAL_IMAGES, self.n)))]
+        for start in range(0, len(self.indices), EVAL_IMAGES):
+            chunk = self.indices[start : start + EVAL_IMAGES]
+            yield [(None, j, i) for j, i in enumerate(chunk)]
 
 
 @dataclass
@@ -270,9 +278,9 @@ class StreamedBatches:
     """`batches(global_step)` for TrainingLoop: the batch of each step, the next ones prefetched
     by the workers. Asking for another step than the next restarts the sampler there."""
 
-    def __init__(self, reader: Reader, batch_size: int, seed: int):
+    def __init__(self, reader: Reader, batch_size: int, seed: int, part: slice = slice(None)):
         self.reader = reader
-        self.steps = _Steps(len(reader.files), batch_size, seed)
+        self.steps = _Steps(len(reader.files), batch_size, seed, part)
         self._loader = reader.loader(self.steps)
         self._iterator: Iterator | None = None
         self._next = -1
@@ -290,7 +298,7 @@ class StreamedSplit:
     """An evaluation split read from disk in order; len() is its size."""
 
     reader: Reader
-    _loader: Any = field(default=None, repr=False)
+    _loaders: dict = field(default_factory=dict, repr=False)  # one per part read (persistent workers)
 
     def __len__(self) -> int:
         return len(self.reader.files)
@@ -305,10 +313,13 @@ class StreamedSplit:
         files = _Files(here.root, here.files, here.labels, here.view, decode_here=True)
         return here.finish(_collate([files[(None, j, j)] for j in range(n)]))[0]
 
-    def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        if self._loader is None:
-            self._loader = self.reader.loader(_InOrder(len(self)))
-        for batch in self._loader:
+    def batches(self, part: slice = slice(None)) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The split's examples `part` (all; or a rank's slice, lotto.distributed.World.shard) in
+        order, as (inputs, labels) batches on the device."""
+        key = (part.start, part.stop, part.step)
+        if key not in self._loaders:
+            self._loaders[key] = self.reader.loader(_InOrder(len(self), part))
+        for batch in self._loaders[key]:
             yield self.reader.finish(batch)
 
 
@@ -328,14 +339,18 @@ class StreamedData:
     device: torch.device
     skipped: int  # files the index skipped (lotto.image_folder)
 
-    def batches(self, batch_size: int, seed: int) -> StreamedBatches:
+    def batches(self, batch_size: int, seed: int, part: slice = slice(None)) -> StreamedBatches:
+        """The training batches of (seed, step), or `part` of each (a rank's shard: World.shard)."""
         reader = replace(self.train, view=replace(self.train.view, seed=seed))
-        return StreamedBatches(reader, batch_size, seed)
+        return StreamedBatches(reader, batch_size, seed, part)
 
 
 def auto_workers() -> int:
-    """One loader process per CPU this process may use, but one, at most MAX_AUTO_WORKERS."""
-    return max(0, min(MAX_AUTO_WORKERS, len(os.sched_getaffinity(0)) - 1))
+    """One loader process per CPU this process may use, but one, at most MAX_AUTO_WORKERS. The
+    ranks torchrun starts on one machine share its CPUs (LOCAL_WORLD_SIZE of them each take their
+    part; srun binds each task to its own CPUs already)."""
+    ranks_here = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(0, min(MAX_AUTO_WORKERS, len(os.sched_getaffinity(0)) // ranks_here - 1))
 
 
 def load(

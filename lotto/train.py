@@ -271,23 +271,29 @@ def evaluate_sums(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 
 
 @torch.no_grad()
-def evaluate_streamed(model: nn.Module, split: StreamedSplit, precision: str = "fp32") -> tuple[float, ...]:
+def evaluate_streamed(model: nn.Module, split: StreamedSplit, precision: str = "fp32",
+                      world: World | None = None) -> tuple[float, ...]:
     """Mean loss and accuracy over a split read from disk, plus top-5 accuracy when the
-    dataset has more than TOP5_MIN_CLASSES classes (else the pair, as `evaluate` returns)."""
+    dataset has more than TOP5_MIN_CLASSES classes (else the pair, as `evaluate` returns).
+    With a joined `world`, each process reads and evaluates its slice of the split and the sums
+    are added (as evaluate_sharded does for resident data)."""
     was_training = model.training
     model.eval()
     device = split.reader.device
     loss = torch.zeros((), device=device)
     correct = torch.zeros(2, device=device, dtype=torch.long)  # top-1, top-5
-    classes = 0
-    for x, y in split.batches():
+    classes = torch.zeros((), device=device, dtype=torch.long)
+    for x, y in split.batches(slice(None) if world is None else world.shard(len(split))):
         with autocast(precision, device):
             out = model(x)
-        classes = out.shape[-1]
+        classes.fill_(out.shape[-1])
         loss += F.cross_entropy(out.float(), y, reduction="sum")
-        top = out.topk(min(5, classes), dim=-1).indices == y[:, None]
+        top = out.topk(min(5, out.shape[-1]), dim=-1).indices == y[:, None]
         correct += torch.stack([top[:, 0].sum(), top.any(-1).sum()])
     model.train(was_training)
+    if world is not None:
+        world.sum_([loss, correct])
+        torch.distributed.all_reduce(classes, op=torch.distributed.ReduceOp.MAX)  # a rank may have read none
     n = max(1, len(split))
     loss_mean, (top1, top5) = float(loss) / n, (correct.double() / n).tolist()  # host sync: evaluation point
     return (loss_mean, top1, top5) if classes > TOP5_MIN_CLASSES else (loss_mean, top1)
@@ -583,7 +589,7 @@ def train(
                   file=sys.stderr, flush=True)
     if device.type == "cuda" and _has_conv(model):
         model.to(memory_format=torch.channels_last)  # what tensor-core convolutions want
-    streamed = isinstance(data, StreamedData)  # in one process only (lotto.spec._check_processes)
+    streamed = isinstance(data, StreamedData)
     schedule = None if streamed else BatchSchedule(data, spec.batch_size, seed)
     loop = TrainingLoop(
         spec, data,
@@ -591,9 +597,10 @@ def train(
         prunable=[(m.weight, mask[name]) for name, _, m in prunable_layers(model)],
         bn_scales=[m.weight for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)],
         forward=lambda x, y: _mean_loss(model(x), y),
-        batches=data.batches(spec.batch_size, seed) if streamed
+        batches=data.batches(spec.batch_size, seed, world.shard(spec.batch_size)) if streamed
         else lambda step: _shard(schedule.batch(step), world) if world.joined else schedule.batch(step),
-        evaluate_split=(lambda split, _labels: [evaluate_streamed(model, split, spec.precision)]) if streamed
+        evaluate_split=(lambda split, _labels: [evaluate_streamed(model, split, spec.precision,
+                                                                  world if world.joined else None)]) if streamed
         else lambda x, y: [evaluate_sharded(model, x, y, spec.precision, world) if world.joined
                            else evaluate(model, x, y, spec.precision)],
         state_of=lambda: _clone_state(model),

@@ -1,6 +1,7 @@
 """A study on an image folder through Snakemake's default target: the folder indexed by the
 prepare job (never copied), round 0 and a pruned round of torchvision's ResNet-18 (the ImageNet
-network, here on 32-px crops) read from JPEG files, metrics
+network, here on 32-px crops) read from JPEG files, each trained in 2 gloo processes
+(training.devices: 2; that they equal 1 process: test_stream_distributed), metrics
 with top-5 accuracy, and the figures, table and report. The folder's name holds a space and a
 quote, which reach the job only quoted. Cost: ~45 s on an idle 2-core machine (9 jobs), ~75 s
 under load; the refusal test ~10 s."""
@@ -26,9 +27,12 @@ def test_image_folder_study_through_the_default_target(tmp_path):
     folder = tmp_path / "image folder's"
     write_image_folder(folder)
     work = Workdir(tmp_path / "work")
-    doc = {**EXPERIMENT, "dataset": {**EXPERIMENT["dataset"], "root": str(folder)}}
+    doc = {**EXPERIMENT, "dataset": {**EXPERIMENT["dataset"], "root": str(folder)},
+           "training": {**EXPERIMENT["training"], "devices": 2}}
     work.write_config([work.write_experiment("folder", doc)])
     run = work.snakemake().check()
+    logs = [path.read_text() for path in (work.results / "logs").rglob("*.log")]
+    assert sum("2 processes (gloo), 8-8 examples of each batch each" in log for log in logs) == 2, logs
 
     counts = rule_counts(run.output)
     assert counts["prepare_data"] == 1 and counts["dense_round"] == 1 and counts["prune_round"] == 1
