@@ -8,10 +8,10 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 # Snakemake's reader fails with a traceback on a config.yaml that is not UTF-8 or nests too
-# deep; lotto's strict reader (lotto.inputs) says which file and why first.
+# deep; lotto's strict reader (lotto.core.inputs) says which file and why first.
 import sys
 
-from lotto.inputs import config_file_problem
+from lotto.core.inputs import config_file_problem
 
 if _problem := config_file_problem("config/config.yaml"):
     sys.exit(f"lotto: invalid configuration\n{_problem}")

@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run from a checkout without installing lotto
     sys.path.insert(0, str(REPO))
 
-from lotto import data as datasets  # noqa: E402
+from lotto.core import data as datasets  # noqa: E402
 
 DEFAULT_CACHE = REPO / "build" / "bench-data"
 # CIFAR-10 is not on this machine: Conv-6 and ResNet-20 train on generated images of its

@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 WALL_CLOCK_COLUMNS = ("seconds", "wall_seconds", "time", "duration_s")
 # paths (relative to results/) that record times or machine state by nature
 TIMING_DIRS = ("benchmarks/", "logs/")
-# lotto.data_cache's splits files beside a prepared dataset: a cache of lotto.data.load, not a
+# lotto.core.data_cache's splits files beside a prepared dataset: a cache of lotto.core.data.load, not a
 # result (checkouts before it have none)
 SPLITS_FILE = re.compile(r"\.splits-[0-9a-f]{16}\.pt$")
 
@@ -75,7 +75,7 @@ EXPERIMENTS = {
                            rewinding={"weights": "final", "lr": "final", "retrain": 30}),
     # rewind X% back along the previous round
     "cmp_back": merged(BASE, rewinding={"weights": "back", "back": 0.5}),
-    # several seeds of each pruned round trained together (lotto.vmap), bf16 forward passes
+    # several seeds of each pruned round trained together (lotto.core.vmap), bf16 forward passes
     "cmp_vmap": merged(BASE, seeds=[0, 1],
                        training={"vectorize_seeds": True, "precision": "bf16", "l2": 1e-4},
                        rewinding={"weights": "step", "step": 10, "lr": "rewind"}),

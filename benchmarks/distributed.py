@@ -1,14 +1,14 @@
-"""Throughput of one training in several processes (lotto.distributed) against one process.
+"""Throughput of one training in several processes (lotto.core.distributed) against one process.
 
 CPU (default): LeNet-300-100 on Fashion-MNIST (batch 60) and ResNet-20 on CIFAR-shaped data
-(batch 128), trained by lotto.train.train in 1 process with 1 thread, 1 process with 2
+(batch 128), trained by lotto.core.train.train in 1 process with 1 thread, 1 process with 2
 threads, and 2 gloo processes of 1 thread each (torchrun), launched alternately. Each launch
 trains `--repeats` times in its processes (the first, a warm-up, is dropped); the table shows
 the median steps/s and its range over the launches' repeats, and the ratio to 1 process x 1
 thread.
 
 GPU (`--gpu-overhead`, prepared, not run here; ~8 min on one H200): on one GPU, the plain job
-(CUDA graph), the same eager (what several processes run: lotto.train disables the graph
+(CUDA graph), the same eager (what several processes run: lotto.core.train disables the graph
 then), and a world of 1 on the collective path (process group of 1 NCCL rank: the flat
 gradient all-reduce, GlobalBatchNorm's all-reduces, sharded evaluation, eager), for
 LeNet-300-100 (Fashion-MNIST, batch 60), ResNet-20 and VGG-16 (CIFAR-shaped, batch 128), fp32
@@ -46,10 +46,11 @@ def worker(args: argparse.Namespace) -> None:
     import torch
     import torch.distributed as dist
 
-    from lotto import masks, rounds
-    from lotto.distributed import launched
-    from lotto.spec import build_model, resolve
-    from lotto.train import train
+    from lotto import rounds
+    from lotto.core import masks
+    from lotto.core.distributed import launched
+    from lotto.core.spec import build_model, resolve
+    from lotto.core.train import train
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)

@@ -5,7 +5,7 @@
 
 A one-iteration round (`python -m lotto round`, the command a Snakemake rule runs) does
 everything a round does except train: import, read the data's splits (from the splits file
-the first job wrote, lotto.data_cache), build the model and optimizer, evaluate at steps 0 and
+the first job wrote, lotto.core.data_cache), build the model and optimizer, evaluate at steps 0 and
 1, write checkpoint, mask and metrics. Its time is the cost every job pays on top of its
 training; each process is also given as a ratio to `import torch` in the same repeat. The breakdown times the same
 phases one by one in a fresh process; the in-process row is the same round run again in a
@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def spec_file(out: Path, data: str) -> Path:
     """A resolved one-iteration LeNet-300-100 spec, as the workflow writes it."""
-    from lotto.spec import DatasetSpec, ExperimentSpec, ModelSpec, TrainingSpec
+    from lotto.core.spec import DatasetSpec, ExperimentSpec, ModelSpec, TrainingSpec
 
     spec = ExperimentSpec(
         name="job",
@@ -83,9 +83,10 @@ def phases(data: Path, spec_path: Path, out: Path) -> dict[str, tuple[float, flo
 
     mark("import torch")
     torch.set_num_threads(1)
-    from lotto import data as datasets
-    from lotto import data_cache, io, rounds, startup, train
-    from lotto.spec import ExperimentSpec
+    from lotto import rounds
+    from lotto.core import data as datasets
+    from lotto.core import data_cache, io, startup, train
+    from lotto.core.spec import ExperimentSpec
 
     mark("import lotto (rounds, metrics: pyarrow)")
     raw = data.read_bytes()
@@ -111,7 +112,7 @@ def phases(data: Path, spec_path: Path, out: Path) -> dict[str, tuple[float, flo
         marks["split + standardise"][1] - load_cpu,
     )
     data_cache.load_splits(data, val_size=5000)
-    mark("what a job pays for its data: lotto.data_cache.load_splits (the four above, once per file)")
+    mark("what a job pays for its data: lotto.core.data_cache.load_splits (the four above, once per file)")
     spec = ExperimentSpec.from_dict(json.loads(spec_path.read_text()))
     model = startup.new_model(spec, 0, torch.device("cpu"))
     optimizer = train.make_optimizer(model.parameters(), spec.training)
@@ -218,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
             ],
         }
         timed_process(commands["python -m lotto round (1 iteration)"])  # as a workflow's first job:
-        # it writes the splits file (lotto.data_cache) that the timed jobs then read
+        # it writes the splits file (lotto.core.data_cache) that the timed jobs then read
         runs: dict[str, list[dict[str, float]]] = {name: [] for name in commands}
         for _ in range(args.repeats):  # round-robin, so a drifting load hits every command alike
             for name, command in commands.items():

@@ -5,7 +5,7 @@
     python benchmarks/round.py --device cuda --full             # the papers' whole rounds
     python benchmarks/round.py --device cuda --eager            # + steps without CUDA graphs
 
-A round is `lotto.train.train` with validation (5,000 held-out training images) and test
+A round is `lotto.core.train.train` with validation (5,000 held-out training images) and test
 (10,000) evaluated every 100 iterations and at step 0, as every lotto round does. Without --full
 each timed run is `--steps` iterations, made twice back to back: with evaluation and with
 empty val/test splits. Their medians give the time per step and per evaluation, from which
@@ -25,8 +25,8 @@ import common
 import torch
 from throughput import CASES, Case, load_splits, new_model, without_evaluation
 
-from lotto import masks
-from lotto.train import train
+from lotto.core import masks
+from lotto.core.train import train
 
 EVAL_EVERY = 100
 ROUND_TARGET_S = {"lenet_300_100": 15.0, "conv6": 60.0, "resnet20": 90.0}  # on an H100

@@ -1,5 +1,5 @@
-"""Per-seed throughput of several seeds trained together (`lotto.vmap.train_seeds`) against
-the same seeds trained one after another (`lotto.train.train`), LeNet-300-100; then a whole
+"""Per-seed throughput of several seeds trained together (`lotto.core.vmap.train_seeds`) against
+the same seeds trained one after another (`lotto.core.train.train`), LeNet-300-100; then a whole
 pruned round of S seeds in one call (`lotto.rounds.run_round_seeds`, what one job of an
 experiment with training.vectorize_seeds runs) against S single-seed rounds (`run_round`).
 
@@ -24,10 +24,11 @@ import common
 import torch
 from throughput import CASES, load_splits, new_model, without_evaluation
 
-from lotto import masks, rounds
-from lotto.spec import resolve
-from lotto.train import train
-from lotto.vmap import train_seeds
+from lotto import rounds
+from lotto.core import masks
+from lotto.core.spec import resolve
+from lotto.core.train import train
+from lotto.core.vmap import train_seeds
 
 TARGET_GAIN = 3.0  # per-seed throughput at 8 seeds, on a GPU
 

@@ -1,4 +1,4 @@
-"""Images/s of lotto's streamed data path (lotto.stream) against a plain torchvision
+"""Images/s of lotto's streamed data path (lotto.core.stream) against a plain torchvision
 ImageFolder + DataLoader loop, on JPEG files this script writes first (ImageNet-sized).
 
 CPU part (default): the data path alone at 224 px (random-resized crop + flip, normalised float
@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from common import Clock, header, markdown_table, median, spread, target, time_call
 
-from lotto import stream
+from lotto.core import stream
 
 warnings.filterwarnings("ignore", "The image decoding", DeprecationWarning)  # torchvision 0.29
 

@@ -34,7 +34,7 @@ another plus its last branches: (rounds + 2) x T. The first term assumes k jobs 
 times (20 independent seed chains, each fanning out two branches per round, keep 8 slots busy
 except at the very start and end) and that jobs of different models share a GPU as jobs of one
 model do. A model not measured at k is scaled from Conv-6 at k by forward FLOPs per example
-(lotto.flops), said in the table.
+(lotto.methods.flops), said in the table.
 """
 
 from __future__ import annotations
@@ -228,8 +228,8 @@ def run_config(args, model: str, k: int, precision: str, data_cache: Path, sampl
 
 
 def forward_flops(model: str) -> float:
-    from lotto import flops
-    from lotto.models import create_model
+    from lotto.core.models import create_model
+    from lotto.methods import flops
 
     shape = tuple(STUDY[model]["shape"])
     return float(flops.forward_flops(create_model(model, input_shape=shape, num_classes=10), shape))

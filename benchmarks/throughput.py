@@ -6,7 +6,7 @@
 
 Loops, all with the same model, optimizer (fused Adam / SGD) and batch size:
 
-- lotto: `lotto.train.train` with evaluation effectively off (empty val/test splits), dense
+- lotto: `lotto.core.train.train` with evaluation effectively off (empty val/test splits), dense
   mask; `lotto 20%` is the same under a random mask of 20% density (re-zeroing included);
 - plain: the training set in one tensor, a shuffled index per epoch, `x[idx]` gathers; the
   fastest loop one writes by hand, and the reference lotto must keep up with;
@@ -33,12 +33,12 @@ import common
 import torch
 import torch.nn.functional as F
 
-from lotto import data as datasets
-from lotto import masks
-from lotto.io import load_torch
-from lotto.models import create_model
-from lotto.spec import TrainingSpec
-from lotto.train import make_optimizer, train
+from lotto.core import data as datasets
+from lotto.core import masks
+from lotto.core.io import load_torch
+from lotto.core.models import create_model
+from lotto.core.spec import TrainingSpec
+from lotto.core.train import make_optimizer, train
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """`python -m lotto <verb>`: the one entry point every workflow rule calls.
 
 Each verb parses its arguments, imports what it needs lazily (so `--help` and small
-verbs start fast), runs one library function and exits. Bad input (a lotto.errors.UserError,
+verbs start fast), runs one library function and exits. Bad input (a lotto.core.errors.UserError,
 or an OSError such as a missing file) exits with code 2 and a one-line message, never a
 traceback; any other exception is a bug in lotto and keeps its traceback.
 """
@@ -15,12 +15,12 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from lotto.errors import InvalidValue, UserError
+from lotto.core.errors import InvalidValue, UserError
 
 
 def _spec_from_json(text: str, source: str):
     """A spec written by write-spec; anything else is a one-line SpecError naming `source`."""
-    from lotto.spec import ExperimentSpec, SpecError
+    from lotto.core.spec import ExperimentSpec, SpecError
 
     try:
         return ExperimentSpec.from_dict(json.loads(text))
@@ -29,7 +29,7 @@ def _spec_from_json(text: str, source: str):
 
 
 def _read_spec(path: str):
-    from lotto.spec import load_experiment
+    from lotto.core.spec import load_experiment
 
     if not path.endswith(".json"):
         return load_experiment(path)
@@ -42,11 +42,11 @@ def _read_spec(path: str):
 
 def _training_spec(args: argparse.Namespace):
     """The spec a training verb runs: --execution, when given, sets its execution-only fields
-    (the workflow's spec files hold them at their defaults; lotto.spec_types.EXECUTION_ONLY)."""
+    (the workflow's spec files hold them at their defaults; lotto.core.spec_types.EXECUTION_ONLY)."""
     spec = _read_spec(args.spec)
     if args.execution is None:
         return spec
-    from lotto.spec_types import with_execution_settings
+    from lotto.core.spec_types import with_execution_settings
 
     try:
         settings = json.loads(args.execution)
@@ -69,7 +69,7 @@ def _configure_torch(threads: int) -> None:
 
 def cmd_validate(args: argparse.Namespace) -> None:
     """Every file is checked, and every problem of every file reported, before exiting."""
-    from lotto.spec import SpecError
+    from lotto.core.spec import SpecError
 
     problems = []
     for path in args.experiments:
@@ -86,17 +86,17 @@ def cmd_validate(args: argparse.Namespace) -> None:
 
 
 def cmd_write_spec(args: argparse.Namespace) -> None:
-    from lotto import io
+    from lotto.core import io
 
     spec = _read_spec(args.experiment) if args.experiment else _spec_from_json(args.json, "--json")
     io.write_json(args.out, spec.to_dict())
 
 
 def cmd_prepare_data(args: argparse.Namespace) -> None:
-    from lotto import data, image_folder
+    from lotto.core import data, image_folder
 
     if args.dataset in image_folder.STREAMED:  # an image folder: indexed, never copied
-        from lotto import stream
+        from lotto.core import stream
 
         if not args.root:
             raise InvalidValue(f"--root is required for {args.dataset!r}: the folder holding train/ and val/")
@@ -126,10 +126,10 @@ def _seed_paths(args: argparse.Namespace) -> dict[str, list[Path | None]]:
 
 @contextmanager
 def _world(spec, several: bool = True):
-    """The processes this job was launched as (torchrun or srun: lotto.distributed), joined for
+    """The processes this job was launched as (torchrun or srun: lotto.core.distributed), joined for
     the verb; verbs that train in one process only (`several` False) refuse more than one."""
-    from lotto import distributed
-    from lotto.train import resolve_device
+    from lotto.core import distributed
+    from lotto.core.train import resolve_device
 
     with distributed.launched(resolve_device(spec.training.device)) as world:
         if world.size > 1 and not several:
@@ -161,7 +161,7 @@ def _run_round(args: argparse.Namespace, spec) -> None:
             dense_dirs=paths["dense"], prev_dirs=paths["prev"],
             rewind_files=paths["rewind_from"], scores_files=paths["scores"], branches=args.branch,
         )
-    from lotto.distributed import World
+    from lotto.core.distributed import World
 
     if World.current().writer:
         for out, result in results.items():
@@ -203,13 +203,14 @@ def cmd_branch(args: argparse.Namespace) -> None:
 
 
 def _report(result, out: Path) -> None:
-    from lotto import masks, rounds
+    from lotto import rounds
+    from lotto.core import masks
 
     rounds.print_summary(result, masks.density(masks.load(out / "mask.pt")))
 
 
 def cmd_collect(args: argparse.Namespace) -> None:
-    from lotto import metrics
+    from lotto.core import metrics
 
     frame = metrics.read(args.inputs)
     frame["experiment"] = args.experiment
@@ -218,7 +219,7 @@ def cmd_collect(args: argparse.Namespace) -> None:
 
 
 def _read_metrics(paths: list[str]):
-    from lotto import metrics
+    from lotto.core import metrics
 
     for path in paths:
         if not Path(path).is_file():
@@ -227,7 +228,7 @@ def _read_metrics(paths: list[str]):
 
 
 def cmd_figure(args: argparse.Namespace) -> None:
-    from lotto import figures
+    from lotto.outputs import figures
 
     frame = _read_metrics(args.metrics)
     if args.kind == "accuracy":
@@ -241,14 +242,14 @@ def cmd_figure(args: argparse.Namespace) -> None:
 
 
 def cmd_tables(args: argparse.Namespace) -> None:
-    from lotto import energy, tables
+    from lotto.outputs import energy, tables
 
     measured = energy.read(args.energy).sentence()
     tables.write_tables(_read_metrics(args.metrics), args.md, args.tex, args.html, energy=measured)
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from lotto import report
+    from lotto.outputs import report
 
     specs = {}
     for path in args.specs:
@@ -261,22 +262,22 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def cmd_boxes(args: argparse.Namespace) -> None:
-    from lotto import figures
+    from lotto.outputs import figures
 
     figures.accuracy_boxes(_read_metrics(args.metrics), args.out, which=args.which, title=args.title)
 
 
 def cmd_modification_table(args: argparse.Namespace) -> None:
-    from lotto import tables
+    from lotto.outputs import tables
 
     tables.write_modification_table(_read_metrics(args.metrics), args.md, args.tex, args.html,
                                     round_=args.round, which=args.which)
 
 
 def cmd_layers(args: argparse.Namespace) -> None:
-    from lotto.masks import layer_table
-    from lotto.model_facts import model_options, shapes_only_model
-    from lotto.spec import DATASET_FACTS, DatasetSpec, ModelSpec
+    from lotto.core.masks import layer_table
+    from lotto.core.model_facts import model_options, shapes_only_model
+    from lotto.core.spec import DATASET_FACTS, DatasetSpec, ModelSpec
 
     dataset = args.dataset or ("mnist" if args.model.startswith(("lenet", "mlp")) else "cifar10")
     if dataset not in DATASET_FACTS:
@@ -310,8 +311,8 @@ def _json_object(flag: str, text: str | None) -> dict | None:
 
 
 def cmd_model_facts(args: argparse.Namespace) -> None:
-    from lotto import io, model_facts
-    from lotto.spec import load_experiment
+    from lotto.core import io, model_facts
+    from lotto.core.spec import load_experiment
 
     specs = [load_experiment(path) for path in args.experiments]
     io.write_text(model_facts.TABLE, model_facts.table_text(
@@ -320,13 +321,13 @@ def cmd_model_facts(args: argparse.Namespace) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> None:
-    from lotto import status
+    from lotto.outputs import status
 
     print(status.render(Path(args.results)))
 
 
 def cmd_eb_search(args: argparse.Namespace) -> None:
-    from lotto import earlybird
+    from lotto.methods import earlybird
 
     _configure_torch(args.threads)
     spec = _training_spec(args)
@@ -338,7 +339,7 @@ def cmd_eb_search(args: argparse.Namespace) -> None:
 
 
 def cmd_eb_train(args: argparse.Namespace) -> None:
-    from lotto import earlybird
+    from lotto.methods import earlybird
 
     _configure_torch(args.threads)
     spec = _training_spec(args)
@@ -350,7 +351,7 @@ def cmd_eb_train(args: argparse.Namespace) -> None:
 
 
 def cmd_eb_figures(args: argparse.Namespace) -> None:
-    from lotto import eb_figures, energy
+    from lotto.outputs import eb_figures, energy
 
     searches = eb_figures.read_searches(args.searches)
     summaries = eb_figures.read_summaries(args.summaries)
@@ -394,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
         if several_seeds:
             p.add_argument("--seed", type=int, required=True, action="append",
                            help="repeat to train a pruned round of several seeds together "
-                           "(lotto.vmap); each path then contains {seed}, replaced per seed")
+                           "(lotto.core.vmap); each path then contains {seed}, replaced per seed")
         else:
             p.add_argument("--seed", type=int, required=True)
         p.add_argument("--threads", type=int, default=int(os.environ.get("LOTTO_THREADS", "1")))
@@ -410,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scores", help="criterion optimal_mask: the mask logits written by learn-mask")
     p.add_argument("--branch", action="append", default=[],
                    help="repeat: also train this local control branch of each seed from the round's "
-                   "mask, in the same vectorised job (lotto.vmap), into <out>/<branch>")
+                   "mask, in the same vectorised job (lotto.core.vmap), into <out>/<branch>")
     p.add_argument("--out", required=True, help="output directory of this round")
 
     p = verb("learn-mask", cmd_learn_mask,
@@ -508,7 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verb("layers", cmd_layers, "list a model's prunable layers: readable name, module path, kind, "
              "weight shape and count (what pruning.exclude and pruning.rates refer to)")
-    p.add_argument("model", help="a registered model (lotto.models.model_names()), torchvision:<builder> "
+    p.add_argument("model", help="a registered model (lotto.core.models.model_names()), torchvision:<builder> "
                    "or <module.path>:<callable>")
     p.add_argument("--dataset", help="input shape and classes (default: mnist for lenet*/mlp*, else cifar10)")
     p.add_argument("--width", type=float, default=1.0, help="model.width, the channel multiplier")

@@ -7,10 +7,10 @@ on a GPU only where they fit (config ``gpu_slots``).
 The model is built on the meta device (no memory, no weights), its activations are the outputs
 of every leaf module for one batch (what autograd keeps for the backward pass, counted once
 more for their gradients), and the dataset counts as float32 train and test images resident on
-the GPU (lotto.data). Limits, by design of a simple estimate: cuDNN and cuBLAS workspaces,
+the GPU (lotto.core.data). Limits, by design of a simple estimate: cuDNN and cuBLAS workspaces,
 allocator fragmentation and CUDA graph pools are covered only by the fixed context term and the
 headroom gpu_slot leaves (5% of the GPU); bf16 activations are counted at 4 bytes (an
-over-estimate); the vectorised seeds of lotto.vmap, and the control branches trained with them,
+over-estimate); the vectorised seeds of lotto.core.vmap, and the control branches trained with them,
 are counted as one training (an under-estimate by about the number of trainings in the job for
 the model part).
 """
@@ -22,8 +22,8 @@ import math
 import torch
 from torch import nn
 
-from lotto.spec import DATASET_FACTS, SYNTHETIC_DEFAULTS, ExperimentSpec, build_model
-from lotto.train import EVAL_BATCH
+from lotto.core.spec import DATASET_FACTS, SYNTHETIC_DEFAULTS, ExperimentSpec, build_model
+from lotto.core.train import EVAL_BATCH
 
 CONTEXT_MB = 600  # CUDA context, cuDNN/cuBLAS handles and workspaces (measured ~500 on an H100)
 BYTES = 4  # float32
@@ -31,7 +31,7 @@ BYTES = 4  # float32
 
 def _examples(spec: ExperimentSpec) -> int:
     """Training plus test examples held on the GPU."""
-    if spec.dataset.streamed:  # read from disk batch by batch (lotto.stream): none resident
+    if spec.dataset.streamed:  # read from disk batch by batch (lotto.core.stream): none resident
         return 0
     if spec.dataset.torchvision is not None:  # the test split's size is not stated: counted as large
         return 2 * int(dict(spec.dataset.torchvision)["train_size"])  # as the training split's (an over-estimate)

@@ -53,13 +53,13 @@ Energy (``--energy FILE``)
     counted by probing the slot locks), so k jobs sharing a GPU each get the board energy of
     the time they ran together divided by k: a share by time, not by each job's own use of
     the GPU. FILE gets ``{"joules", "board_joules", "seconds", "samples", "mean_jobs",
-    "gpus"}`` (lotto.energy reads it). Without NVML, without GPUs or when a counter is not
+    "gpus"}`` (lotto.outputs.energy reads it). Without NVML, without GPUs or when a counter is not
     supported, no FILE is written (a stale one is removed). GPU ids are taken as NVML
     indices (or UUIDs): set ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` on boxes whose GPUs differ.
 
 One training in several processes (``--processes P [--nodes M]``, training.devices and nodes)
     The command (``python ...``) is launched as P processes per node, one per GPU
-    (lotto.distributed): on a workstation through torchrun (``python -m torch.distributed.run
+    (lotto.core.distributed): on a workstation through torchrun (``python -m torch.distributed.run
     --standalone --nproc-per-node P --max-restarts 0 ...``: a free rendezvous port per job,
     and a failed rank ends the others), all of them seeing the job's N = P GPUs; in a SLURM job
     through ``srun --ntasks P*M --ntasks-per-node P --kill-on-bad-exit=1``, whose task variables
@@ -106,8 +106,8 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from lotto import io
-from lotto.errors import InvalidValue
+from lotto.core import io
+from lotto.core.errors import InvalidValue
 
 POLL_INTERVAL_S = 0.05
 EXIT_USAGE = 2

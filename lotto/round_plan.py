@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lotto.spec import ExperimentSpec
+from lotto.core.spec import ExperimentSpec
 
 BRANCHES = (
     "reinit", "random_mask", "oneshot", "supermask", "supermask_random",

@@ -4,7 +4,7 @@ Files of one training directory:
 
     checkpoint.pt     final weights (state dict)
     mask.pt           the mask this training ran under
-    metrics.parquet   its evaluation rows (lotto.metrics.SCHEMA)
+    metrics.parquet   its evaluation rows (lotto.core.metrics.SCHEMA)
     init.pt           round 0 only: the initial weights theta_0
     rewind.pt         pruned rounds: the weights the next round rewinds to when
                       rewinding.weights is 'back' (an empty dict otherwise)
@@ -16,7 +16,7 @@ differ only in pruning or rewinding share it. Weights at iteration k of round 0 
 a replay job (train from theta_0 for k steps), which reproduces round 0's trajectory
 exactly on CPU because the batch order depends only on (seed, step). A pruned round of
 several seeds can also run as one job (run_round_seeds): each seed is prepared as run_round
-prepares it, all train together in lotto.vmap, and each writes the same files.
+prepares it, all train together in lotto.core.vmap, and each writes the same files.
 """
 
 from __future__ import annotations
@@ -30,16 +30,17 @@ from pathlib import Path
 
 import torch
 
-from lotto import data as datasets
-from lotto import io, layout, masks, metrics, optimal_masks, prune
-from lotto.criteria import BATCH, CRITERION_FACTS, LEARNED_LOGITS
-from lotto.distributed import World
-from lotto.errors import InvalidValue
+from lotto.core import data as datasets
+from lotto.core import io, layout, masks, metrics, prune
+from lotto.core.criteria import BATCH, CRITERION_FACTS, LEARNED_LOGITS
+from lotto.core.distributed import World
+from lotto.core.errors import InvalidValue
+from lotto.core.spec import ExperimentSpec, TrainingSpec, seed_vectorisation_problems
+from lotto.core.startup import derived_seed, new_model, start_job
+from lotto.core.train import TrainResult, evaluate, train
+from lotto.core.vmap import DivergedError, train_seeds
+from lotto.methods import optimal_masks
 from lotto.round_plan import BRANCHES, LOCAL_BRANCHES, start_point
-from lotto.spec import ExperimentSpec, TrainingSpec, seed_vectorisation_problems
-from lotto.startup import derived_seed, new_model, start_job
-from lotto.train import TrainResult, evaluate, train
-from lotto.vmap import DivergedError, train_seeds
 
 # Liu et al.'s Scratch-B trains for the dense model's FLOPs budget, but at most twice the epochs
 # (seed 001: "if pruning decreases the FLOPs by at least a factor of 2, the epochs are doubled").
@@ -52,7 +53,7 @@ def _load_state(path: Path, device: torch.device) -> dict:
 
 def _writes() -> bool:
     """Whether this process writes the job's files: always, except for ranks other than 0 of a
-    training launched in several processes (lotto.distributed), which compute the same."""
+    training launched in several processes (lotto.core.distributed), which compute the same."""
     return World.current().writer
 
 
@@ -135,11 +136,11 @@ def run_round_seeds(
     scores_files: list[Path] | None = None,
     branches: Sequence[str] = (),
 ) -> dict[Path, TrainResult]:
-    """Pruned round `round_` of several seeds' chains trained together (lotto.vmap), each seed's
+    """Pruned round `round_` of several seeds' chains trained together (lotto.core.vmap), each seed's
     files written into its `outs[i]` as run_round writes them; the per-seed lists pair up with
     `seeds`. With `branches` (local control branches), each seed's branches of this round are
     built from the round's new mask as run_branch builds them, trained in the same call and
-    written into `outs[i]/<branch>` (lotto.layout.branch_dir) as run_branch writes them. Trainings
+    written into `outs[i]/<branch>` (lotto.core.layout.branch_dir) as run_branch writes them. Trainings
     with the same schedule (steps, start, LR rule) share one vectorised loop. Should a seed
     diverge, its loop's trainings run one by one instead, as their own jobs would, which records
     the divergence. Returns each training's result by its output directory."""

@@ -1,5 +1,5 @@
 # The workflow's functions, by topic; every rule file reads them. Only experiments.smk reads
-# `config`; paths come from lotto.layout. Nothing here imports torch (tests/test_workflow.py).
+# `config`; paths come from lotto.core.layout. Nothing here imports torch (tests/test_workflow.py).
 
 
 include: "experiments.smk"

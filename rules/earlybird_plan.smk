@@ -1,4 +1,4 @@
-# Early-Bird experiments' files (lotto.eb_plan names the retrainings; lotto.layout places them),
+# Early-Bird experiments' files (lotto.methods.eb_plan names the retrainings; lotto.core.layout places them),
 # for rules/earlybird.smk and the targets.
 
 
@@ -29,7 +29,7 @@ def eb_summaries(experiment):
 
 
 def eb_jobs(experiment):
-    """Each seed's search and every retraining, named as lotto.layout names jobs."""
+    """Each seed's search and every retraining, named as lotto.core.layout names jobs."""
     spec = EXPERIMENTS[experiment]
     return [
         job
@@ -48,7 +48,7 @@ def eb_jobs(experiment):
 
 
 def eb_energy_records(experiment):
-    """The energy record (lotto.energy) of each search and retraining, beside its log."""
+    """The energy record (lotto.outputs.energy) of each search and retraining, beside its log."""
     return [layout.energy_record(job) for job in eb_jobs(experiment)]
 
 

@@ -9,30 +9,31 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from lotto import eb_plan, layout
-from lotto.criteria import learns_mask
-from lotto.gpu_slot import sees_cuda_device
-from lotto.inputs import (
+from lotto.core import layout
+from lotto.core.criteria import learns_mask
+from lotto.core.inputs import (
     DuplicateKeyError,
     InputError,
     load_yaml,
     name_problem,
     outside_results,
 )
-from lotto.round_plan import (
-    LOCAL_BRANCHES,
-    branches_with_round,
-    start_point,
-    trains_seeds_together,
-)
-from lotto.spec import (
+from lotto.core.spec import (
     PruningSpec,
     RewindingSpec,
     SpecError,
     load_experiment,
     validate_document,
 )
-from lotto.spec_types import execution_settings, with_execution_settings
+from lotto.core.spec_types import execution_settings, with_execution_settings
+from lotto.methods import eb_plan
+from lotto.gpu_slot import sees_cuda_device
+from lotto.round_plan import (
+    LOCAL_BRANCHES,
+    branches_with_round,
+    start_point,
+    trains_seeds_together,
+)
 
 # lotto's own files (Snakefile, rules/, config/experiments/): this file's parent folder, also
 # when lotto is a module of a user's workflow (workflow.basedir is then the user's folder).

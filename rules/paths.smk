@@ -1,4 +1,4 @@
-# Paths of an experiment's files (lotto.layout) and the input functions of its IMP rounds.
+# Paths of an experiment's files (lotto.core.layout) and the input functions of its IMP rounds.
 
 # The layout's folders and jobs as wildcard templates, for the rules' inputs and outputs.
 RECIPE_FILE = layout.experiment_file("{experiment}", "recipe.json")
@@ -106,7 +106,7 @@ def experiment_metrics(experiment):
 
 
 def training_jobs(experiment):
-    """Every training job of one IMP experiment, named as lotto.layout names them."""
+    """Every training job of one IMP experiment, named as lotto.core.layout names them."""
     spec = EXPERIMENTS[experiment]
     jobs = []
     if experiment in SEEDS_TOGETHER:

@@ -1,6 +1,6 @@
 # Functions of rules/presets.smk (kept apart from its rules, as `snakemake --lint` asks):
 # studies and transfers checked against the resolved experiments, targets and inputs.
-from lotto.spec import transfer_problems
+from lotto.core.spec import transfer_problems
 
 STUDY_TABLE_KINDS = {"modifications"}
 

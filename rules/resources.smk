@@ -19,7 +19,7 @@ def _job_spec(wildcards):
 
 
 def processes(wildcards):
-    """Processes of one training (training.devices per node x nodes; lotto.distributed)."""
+    """Processes of one training (training.devices per node x nodes; lotto.core.distributed)."""
     training = _job_spec(wildcards).training
     return training.devices * training.nodes
 

@@ -15,9 +15,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lotto import data
-from lotto.spec import ExperimentSpec, TrainingSpec, resolve
-from lotto.train import BatchSchedule
+from lotto.core import data
+from lotto.core.spec import ExperimentSpec, TrainingSpec, resolve
+from lotto.core.train import BatchSchedule
 
 torch.set_num_threads(1)  # small models are fastest, and bit-for-bit repeatable, on one thread
 

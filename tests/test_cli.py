@@ -14,9 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import tiny_doc, tiny_spec
 
-from lotto import cli, io, masks, metrics
-from lotto.errors import CannotRun, InvalidValue
-from lotto.spec import SpecError
+from lotto import cli
+from lotto.core import io, masks, metrics
+from lotto.core.errors import CannotRun, InvalidValue
+from lotto.core.spec import SpecError
 
 VERBS = next(
     action.choices for action in cli.build_parser()._actions
@@ -237,7 +238,7 @@ def test_bad_execution_settings_are_one_line_errors(synthetic_data, tmp_path, ca
 
 @pytest.mark.parametrize("bug", [KeyError("epoch"), RuntimeError("shape mismatch"), ValueError("math domain")])
 def test_a_bug_in_lotto_keeps_its_traceback(monkeypatch, tmp_path, bug):
-    """Only lotto's user-facing errors (lotto.errors.UserError) and OSError become a one-line
+    """Only lotto's user-facing errors (lotto.core.errors.UserError) and OSError become a one-line
     message; anything else, a plain ValueError from a library included, is a bug and propagates."""
 
     def broken(args):

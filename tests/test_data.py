@@ -1,4 +1,4 @@
-"""lotto.data: real file formats read through torchvision, the search order, the splits."""
+"""lotto.core.data: real file formats read through torchvision, the search order, the splits."""
 
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ from fixtures import (
     write_mnist_like,
 )
 
-from lotto import data
-from lotto.data import DATASETS, DataNotFoundError, augment_batch, load, locate, prepare
-from lotto.io import CorruptFileError, load_torch, save_torch
+from lotto.core import data
+from lotto.core.data import DATASETS, DataNotFoundError, augment_batch, load, locate, prepare
+from lotto.core.io import CorruptFileError, load_torch, save_torch
 
 REAL_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 ORIGINAL_DATASETS = dict(DATASETS)

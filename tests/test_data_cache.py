@@ -1,4 +1,4 @@
-"""lotto.data_cache: the splits a job maps from the splits file are lotto.data.load's, bit for
+"""lotto.core.data_cache: the splits a job maps from the splits file are lotto.core.data.load's, bit for
 bit, and a splits file made from other content, options or another prepared file is never used."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lotto import data, data_cache, io
+from lotto.core import data, data_cache, io
 
 TENSORS = ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y")
 
@@ -33,7 +33,7 @@ def assert_same_splits(got: data.Splits, expected: data.Splits) -> None:
 
 
 def no_load(*args, **kwargs):
-    raise AssertionError("lotto.data.load ran: the splits file was not used")
+    raise AssertionError("lotto.core.data.load ran: the splits file was not used")
 
 
 OPTIONS = {"plain": {"val_size": 200}, "labels, half": {"val_size": 100, "labels": [1, 3, 5], "half": 1}}

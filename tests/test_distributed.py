@@ -1,4 +1,4 @@
-"""One training in 1, 2 and 3 processes (lotto.distributed, gloo on the CPU), launched as users
+"""One training in 1, 2 and 3 processes (lotto.core.distributed, gloo on the CPU), launched as users
 launch it: `python -m torch.distributed.run --standalone --nproc-per-node N -m lotto round ...`.
 
 Tolerance: N processes add the same per-example terms in another order (each rank's shard, then
@@ -28,8 +28,8 @@ import pytest
 import torch
 import yaml
 
-from lotto import data, masks
-from lotto.spec import build_model, load_experiment
+from lotto.core import data, masks
+from lotto.core.spec import build_model, load_experiment
 
 WEIGHT_TOL, LOSS_TOL = 1e-5, 1e-4
 EXPERIMENT = {
@@ -40,7 +40,7 @@ EXPERIMENT = {
     "pruning": {"rounds": 1, "rates": {"fc": 0.5}},
     "seeds": [0],
 }
-# Batch norm over the global batch (training.sync_batchnorm, lotto.distributed.GlobalBatchNorm):
+# Batch norm over the global batch (training.sync_batchnorm, lotto.core.distributed.GlobalBatchNorm):
 # a ResNet-20 on 31 examples per batch (16 + 15 in 2 processes). Few steps: a BN net this
 # untrained amplifies float differences ~10x per step (20 steps: 5e-5); with BN per shard
 # instead the weights differ by ~1e-1 after one step, far beyond the tolerance.

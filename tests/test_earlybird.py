@@ -16,8 +16,9 @@ import torch
 from torch import nn
 from workflow_util import Workdir, rule_counts
 
-from lotto import channels, data, earlybird, eb_plan, flops, io, models, structured
-from lotto.spec import SpecError, resolve
+from lotto.core import channels, data, io, models
+from lotto.core.spec import SpecError, resolve
+from lotto.methods import earlybird, eb_plan, flops, structured
 
 torch.set_num_threads(1)
 

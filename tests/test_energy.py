@@ -1,4 +1,4 @@
-"""lotto.energy: the jobs' energy records summed per experiment, and the tables' captions
+"""lotto.outputs.energy: the jobs' energy records summed per experiment, and the tables' captions
 (CPU only, well under a second)."""
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ import sys
 import pytest
 from test_figures_tables_report import build_metrics
 
-from lotto import energy, io
+from lotto.core import io
+from lotto.outputs import energy
 
 
 def write_record(path, joules, board):

@@ -1,4 +1,4 @@
-"""Models outside the registry (lotto.external_models): torchvision's by name and a user's by
+"""Models outside the registry (lotto.core.external_models): torchvision's by name and a user's by
 import path, pruned by lotto's own mask code, refused clearly when they cannot be, and run end
 to end through Snakemake. Cost: the unit tests ~15 s; the one Snakemake run (a user model and
 ResNet-18 IMP rounds, a ResNet-18 Early-Bird search and two retrainings; 24 jobs, each
@@ -18,11 +18,12 @@ import torch
 from torch import nn
 from workflow_util import REPO, Workdir, experiment, job_env, rule_counts
 
-from lotto import channels, earlybird, flops, masks, model_facts, structured
 from lotto.cli import main
-from lotto.external_models import name_problem
-from lotto.io import load_torch
-from lotto.spec import DatasetSpec, ExperimentSpec, ModelSpec, SpecError, build_model, resolve
+from lotto.core import channels, masks, model_facts
+from lotto.core.external_models import name_problem
+from lotto.core.io import load_torch
+from lotto.core.spec import DatasetSpec, ExperimentSpec, ModelSpec, SpecError, build_model, resolve
+from lotto.methods import earlybird, flops, structured
 
 # A user's model file: one good builder and one of each mistake the errors below name.
 USER_MODULE = textwrap.dedent("""
@@ -159,7 +160,7 @@ def test_validation_in_a_process_without_torch_measures_in_a_child(user_module, 
     importing the same lotto and finding the module where this process does (here both only
     on sys.path, as Snakemake puts its workflow's folder there, not on PYTHONPATH)."""
     code = (f"import sys\nsys.path[:0] = [{str(REPO)!r}, {str(tmp_path)!r}]\n"
-            "from lotto.spec import resolve\n"
+            "from lotto.core.spec import resolve\n"
             f"spec = resolve({spec_doc({'name': f'{user_module}:tiny_cnn'})!r})\n"
             "print(spec.model.name, 'torch' in sys.modules, 'userpkg' in sys.modules)\n")
     env = {k: v for k, v in job_env().items() if k != "PYTHONPATH"}
@@ -282,7 +283,7 @@ def test_early_bird_table_shows_top5_only_where_the_runs_have_it(tmp_path, with_
     column for the dense row and each retraining; a 10-class dataset's table keeps its columns."""
     import pandas as pd
 
-    from lotto import eb_figures
+    from lotto.outputs import eb_figures
 
     top5 = {"test_top5": 0.8912} if with_top5 else {}
     summaries = pd.DataFrame([{"ratio": 0.3, "ticket": "eb", "mode": "ff", "epoch": 12, "test_accuracy": 0.6828,

@@ -20,9 +20,11 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from lotto import cli, figures, metrics, report, status, tables
-from lotto.spec import DatasetSpec, ExperimentSpec, ModelSpec, PruningSpec, TrainingSpec
-from lotto.spec_types import EXECUTION_ONLY
+from lotto import cli
+from lotto.core import metrics
+from lotto.core.spec import DatasetSpec, ExperimentSpec, ModelSpec, PruningSpec, TrainingSpec
+from lotto.core.spec_types import EXECUTION_ONLY
+from lotto.outputs import figures, report, status, tables
 
 SEEDS = (0, 1)
 ROUNDS = (0, 1, 2, 3)

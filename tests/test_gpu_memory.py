@@ -8,7 +8,7 @@ import math
 from conftest import tiny_spec
 
 from lotto import gpu_memory
-from lotto.models import create_model
+from lotto.core.models import create_model
 
 
 def test_estimate_counts_its_terms():

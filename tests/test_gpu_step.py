@@ -1,5 +1,5 @@
 """How a step runs on a GPU. training.cuda_graph: each training step is replayed from a CUDA
-graph (lotto.train.Stepper) and must train exactly what the eager step trains.
+graph (lotto.core.train.Stepper) and must train exactly what the eager step trains.
 training.precision: bf16 autocast of every forward pass (and channels_last conv nets on a GPU).
 
 The spec and CPU tests run everywhere; the graph itself needs a CUDA device (CI has none: these
@@ -14,11 +14,11 @@ import pytest
 import torch
 from conftest import tiny_spec
 
-from lotto import data, masks, prune
-from lotto.models import create_model
-from lotto.spec import ExperimentSpec, PruningSpec, SpecError
-from lotto.train import Stepper, train
-from lotto.vmap import train_seeds
+from lotto.core import data, masks, prune
+from lotto.core.models import create_model
+from lotto.core.spec import ExperimentSpec, PruningSpec, SpecError
+from lotto.core.train import Stepper, train
+from lotto.core.vmap import train_seeds
 
 EAGER = {"training": {"cuda_graph": False}}
 BF16 = {"training": {"precision": "bf16"}}
@@ -214,7 +214,7 @@ def test_graphed_dropout_is_repeatable_and_keeps_pruned_weights_zero(gpu_splits,
 
 @needs_cuda
 def test_graphed_seeds_match_eager(gpu_splits, replays):
-    """lotto.vmap.train_seeds replays the same Stepper: several seeds, one graph."""
+    """lotto.core.vmap.train_seeds replays the same Stepper: several seeds, one graph."""
     spec_of = {g: tiny_spec(training={"cuda_graph": g, "device": "cuda", "milestones": [40],
                                       "duration": 50, "eval_every": 25}).training
                for g in (False, True)}

@@ -12,9 +12,11 @@ import pandas as pd
 import pytest
 from conftest import tiny_doc, tiny_spec
 
-from lotto import cli, figures, masks, metrics, models, status, tables
-from lotto.inputs import load_yaml, shorten
-from lotto.spec import DatasetSpec, ModelSpec, SpecError, build_model, resolve
+from lotto import cli
+from lotto.core import masks, metrics, models
+from lotto.core.inputs import load_yaml, shorten
+from lotto.core.spec import DatasetSpec, ModelSpec, SpecError, build_model, resolve
+from lotto.outputs import figures, status, tables
 
 
 @pytest.mark.parametrize("name", models.model_names())
@@ -145,7 +147,7 @@ def test_an_experiment_of_more_than_100000_jobs_is_refused():
 
 
 def test_outside_results_finds_paths_that_escape():
-    from lotto.inputs import outside_results
+    from lotto.core.inputs import outside_results
 
     assert outside_results(["results/a/b.png", "results/../x", "results", "x/results/y", "/results/x",
                             "results/./a"]) == ["results/../x", "results", "x/results/y", "/results/x"]

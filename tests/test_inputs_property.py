@@ -1,7 +1,7 @@
 """Property: hostile and odd input files are refused before any job, with one clean message.
 
 The categories of issue 13, each a hypothesis strategy writing real files into a temp folder
-and reading them through the library's one loader (lotto.spec.load_experiment, or for config
+and reading them through the library's one loader (lotto.core.spec.load_experiment, or for config
 options the config schema): shell metacharacters, path components and newlines in names and
 file stems; duplicate keys at every depth; integers at and past int64; Latin-1, UTF-16/32 and
 invalid bytes; deep nesting and alias bombs; directories and missing files; NaN in plot options.
@@ -25,8 +25,8 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from test_spec_property import BASE
 
-from lotto.inputs import MAX_DEPTH, MAX_NODES, SAFE_NAME, name_problem, shown_path
-from lotto.spec import SpecError, load_experiment, validate_document
+from lotto.core.inputs import MAX_DEPTH, MAX_NODES, SAFE_NAME, name_problem, shown_path
+from lotto.core.spec import SpecError, load_experiment, validate_document
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_SCHEMA = yaml.safe_load((REPO / "config/schema/config.schema.yaml").read_text())
@@ -308,7 +308,7 @@ def test_non_finite_plot_densities_are_refused(folder, values):
     path = write(folder, "config", text)
 
     def read_config(p: Path) -> None:
-        from lotto.inputs import load_yaml
+        from lotto.core.inputs import load_yaml
 
         validate_document(load_yaml(p), str(p), CONFIG_SCHEMA)
 

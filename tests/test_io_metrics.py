@@ -1,4 +1,4 @@
-"""lotto.io and lotto.metrics: a result file is complete or absent, damage is detected and
+"""lotto.core.io and lotto.core.metrics: a result file is complete or absent, damage is detected and
 named with the fix, and the metrics table has one schema and summarises as the papers do."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from lotto import io, masks, metrics
+from lotto.core import io, masks, metrics
 
 
 class WriterFailed(Exception):

@@ -17,8 +17,8 @@ from conftest import tiny_spec
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from lotto import io, metrics
-from lotto.train import make_optimizer
+from lotto.core import io, metrics
+from lotto.core.train import make_optimizer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,8 +31,8 @@ _JOB = """
 import dataclasses, json, pathlib, sys
 import torch
 from lotto import cli
-from lotto.spec import ExperimentSpec
-from lotto.train import make_optimizer
+from lotto.core.spec import ExperimentSpec
+from lotto.core.train import make_optimizer
 
 watched, spec_path, args = json.loads(sys.argv[1]), pathlib.Path(sys.argv[2]), sys.argv[3:]
 assert cli.main(args) == 0
@@ -52,7 +52,7 @@ def test_validating_every_preset_does_not_load_the_compiler():
     """Snakemake resolves every experiment at each start, building models on the meta device;
     initialising meta weights would import torch._dynamo (~3 s per parse) for nothing."""
     code = (
-        "import sys; from pathlib import Path; from lotto.spec import load_experiment\n"
+        "import sys; from pathlib import Path; from lotto.core.spec import load_experiment\n"
         "for path in sorted(Path('config/experiments').glob('*.yaml')): load_experiment(path)\n"
         "print('torch._dynamo' in sys.modules)"
     )

@@ -46,7 +46,7 @@ from workflow_util import (
     start_kill_reference_run,
 )
 
-from lotto.spec import load_experiment
+from lotto.core.spec import load_experiment
 
 pytestmark = pytest.mark.workflow
 

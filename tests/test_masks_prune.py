@@ -1,4 +1,4 @@
-"""lotto.masks and lotto.prune: exact counts, smallest magnitudes, deterministic ties,
+"""lotto.core.masks and lotto.core.prune: exact counts, smallest magnitudes, deterministic ties,
 masks that only shrink, and the one-shot / random controls' counts."""
 
 from __future__ import annotations
@@ -8,11 +8,12 @@ import torch
 from conftest import tiny_spec
 from torch import nn
 
-from lotto import criteria, masks, prune, round_plan, rounds
-from lotto.errors import InvalidValue
-from lotto.masks import prunable_layers
-from lotto.models import create_model
-from lotto.spec import PruningSpec, experiment_schema
+from lotto import round_plan, rounds
+from lotto.core import criteria, masks, prune
+from lotto.core.errors import InvalidValue
+from lotto.core.masks import prunable_layers
+from lotto.core.models import create_model
+from lotto.core.spec import PruningSpec, experiment_schema
 
 LTH_RATES = {"fc": 0.2, "output": 0.1}  # the tiny experiment's rates after resolution
 

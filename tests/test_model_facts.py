@@ -9,9 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from lotto import model_facts
-from lotto.masks import layer_table
-from lotto.spec import DatasetSpec, ModelSpec, build_model, load_experiment
+from lotto.core import model_facts
+from lotto.core.masks import layer_table
+from lotto.core.spec import DatasetSpec, ModelSpec, build_model, load_experiment
 
 ROOT = Path(__file__).resolve().parent.parent
 PRESETS = sorted((ROOT / "config" / "experiments").glob("*.yaml"))
@@ -33,12 +33,12 @@ def test_an_option_the_table_lacks_is_measured():
     rows = layer_table(build_model(model, dataset, "meta"))
     assert measured.layers == tuple((r["name"], r["module"], r["kind"]) for r in rows)
     assert measured.build_error is None
-    assert measured.not_vectorisable is None  # nn.Dropout: drawn per seed (lotto.vmap.SeedDropout)
+    assert measured.not_vectorisable is None  # nn.Dropout: drawn per seed (lotto.core.vmap.SeedDropout)
     assert "not ConvNet" in measured.not_channel_prunable
 
 
 def test_validating_every_preset_imports_no_torch():
-    code = ("import sys\nfrom lotto.spec import load_experiment\n"
+    code = ("import sys\nfrom lotto.core.spec import load_experiment\n"
             f"for path in {[str(p) for p in PRESETS]!r}:\n    load_experiment(path)\n"
             "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))\n")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -1,4 +1,4 @@
-"""lotto.models: every registered model builds, runs, and has the papers' weight counts."""
+"""lotto.core.models: every registered model builds, runs, and has the papers' weight counts."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from lotto.models import create_model, model_names
+from lotto.core.models import create_model, model_names
 
 GLOROT_MODELS = {"lenet_300_100", "mlp_400x3", "lenet5", "conv2", "conv4", "conv6"}
 DROPOUT_MODELS = GLOROT_MODELS | {"wrn_16_8", "wrn_28_10"}

@@ -11,8 +11,10 @@ import torch
 from conftest import VAL_SIZE, tiny_spec
 from workflow_util import Workdir, job_stats
 
-from lotto import layout, masks, optimal_masks, prune, rounds
-from lotto.spec import MaskTrainingSpec, PruningSpec, SpecError, build_model
+from lotto import rounds
+from lotto.core import layout, masks, prune
+from lotto.core.spec import MaskTrainingSpec, PruningSpec, SpecError, build_model
+from lotto.methods import optimal_masks
 
 OPTIMAL = {"criterion": "optimal_mask", "mask_training": {"steps": 30, "lr": 5.0}}
 

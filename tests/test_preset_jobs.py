@@ -6,7 +6,7 @@ by its `experiment` wildcard, and round 0 and its replays (shared by `dense_key`
 experiments of that key. What each experiment needs is derived from its resolved spec:
 
 - Early-Bird (an `earlybird` section): a search per seed, every retraining of
-  lotto.eb_plan.retrainings, the Early-Bird figures and table; no IMP round, collect or IMP figure.
+  lotto.methods.eb_plan.retrainings, the Early-Bird figures and table; no IMP round, collect or IMP figure.
 - IMP: round 0 and rounds 1..N per seed, collect, the three figures and the tables; a control
   branch job for every listed branch (transfer_branch for 'transfer'); learn_mask per seed for
   Training Optimal Masks; a replay of round 0 to every step that rewinding to theta_k or X% back
@@ -25,9 +25,9 @@ import pytest
 import yaml
 from workflow_util import REPO, SNAKEFILE, Job, job_env, parse_jobs
 
-from lotto import eb_plan
+from lotto.core.spec import ExperimentSpec, load_experiment
+from lotto.methods import eb_plan
 from lotto.round_plan import LOCAL_BRANCHES, branches_with_round, start_point, trains_seeds_together
-from lotto.spec import ExperimentSpec, load_experiment
 
 pytestmark = pytest.mark.workflow
 

@@ -20,20 +20,9 @@ import torch
 import yaml
 from conftest import VAL_SIZE, tiny_spec
 
-from lotto import (
-    cli,
-    figures,
-    io,
-    layout,
-    masks,
-    metrics,
-    prune,
-    round_plan,
-    rounds,
-    startup,
-    tables,
-)
-from lotto.spec import (
+from lotto import cli, round_plan, rounds
+from lotto.core import io, layout, masks, metrics, prune, startup
+from lotto.core.spec import (
     ExperimentSpec,
     PruningSpec,
     SpecError,
@@ -42,7 +31,8 @@ from lotto.spec import (
     resolve,
     transfer_problems,
 )
-from lotto.train import train as real_train
+from lotto.core.train import train as real_train
+from lotto.outputs import figures, tables
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = REPO / "config" / "experiments"

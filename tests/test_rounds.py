@@ -14,9 +14,10 @@ import pytest
 import torch
 from conftest import tiny_spec
 
-from lotto import io, masks, metrics, prune, round_plan, rounds
-from lotto.spec import ExperimentSpec, build_model
-from lotto.train import train as real_train
+from lotto import round_plan, rounds
+from lotto.core import io, masks, metrics, prune
+from lotto.core.spec import ExperimentSpec, build_model
+from lotto.core.train import train as real_train
 
 ROUND_FILES = ("checkpoint.pt", "mask.pt", "metrics.parquet")
 

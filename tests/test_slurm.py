@@ -40,7 +40,7 @@ from workflow_util import (
     kill_group,
 )
 
-from lotto.spec import load_experiment
+from lotto.core.spec import load_experiment
 
 pytestmark = pytest.mark.slurm
 

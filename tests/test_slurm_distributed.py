@@ -1,7 +1,7 @@
 """A training in 2 processes through the real single-node SLURM cluster (profiles/slurm): a CPU
 round 0 with training.devices: 2 becomes one sbatch job of 2 tasks, whose job step runs
 lotto.gpu_slot, which starts the ranks with srun; they meet through SLURM's task variables
-(lotto.distributed.environ_from_slurm) and train with gloo. Its outputs equal the same round
+(lotto.core.distributed.environ_from_slurm) and train with gloo. Its outputs equal the same round
 trained by 1 process locally (within test_distributed's tolerance).
 
 Skipped only where the cluster cannot run (test_slurm's reasons). Cost: ~30 s, most of it
@@ -21,7 +21,7 @@ import torch
 from test_slurm import HARNESS, PROFILE, cluster  # noqa: F401 - the module-scoped cluster fixture
 from workflow_util import SNAKEFILE, TINY_EXPERIMENT, Workdir, experiment, job_env
 
-from lotto.spec import load_experiment
+from lotto.core.spec import load_experiment
 
 pytestmark = pytest.mark.slurm
 

@@ -1,4 +1,4 @@
-"""lotto.spec: errors that name the key, the value and the fix; stable hashes; round trips."""
+"""lotto.core.spec: errors that name the key, the value and the fix; stable hashes; round trips."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from conftest import tiny_doc, tiny_spec
 
-from lotto import models
-from lotto.masks import prunable_layers
-from lotto.spec import (
+from lotto.core import models
+from lotto.core.masks import prunable_layers
+from lotto.core.spec import (
     INPUT_DEFAULTS,
     DatasetSpec,
     EarlyBirdSpec,
@@ -27,7 +27,7 @@ from lotto.spec import (
     load_experiment,
     resolve,
 )
-from lotto.spec_types import EXECUTION_ONLY
+from lotto.core.spec_types import EXECUTION_ONLY
 
 
 def refusal(doc: dict) -> str:
@@ -348,7 +348,7 @@ IDENTITY_OF_SECTION = {"dataset": "dense_key", "model": "dense_key", "training":
                        "earlybird": "recipe_key"}
 
 # Reviewed: fields outside both hashes, with why. The training ones are execution-only
-# (lotto.spec_types.EXECUTION_ONLY): spec files hold them at their defaults and jobs get them as
+# (lotto.core.spec_types.EXECUTION_ONLY): spec files hold them at their defaults and jobs get them as
 # `--execution`, so changing one re-runs nothing (tests/test_workflow.py checks each).
 NOT_IN_IDENTITY = {
     "name": "the results directory itself: another name is another experiment",
@@ -361,11 +361,11 @@ NOT_IN_IDENTITY = {
     "dataset.download": "whether torchvision may fetch missing raw files",
     "training.checkpoint_every": "in-round resume cadence; a resumed round equals an uninterrupted one",
     "training.device": "where the job runs, not what it computes",
-    "training.vectorize_seeds": "seeds trained together equal separate runs (lotto.vmap)",
+    "training.vectorize_seeds": "seeds trained together equal separate runs (lotto.core.vmap)",
     "training.cuda_graph": "how a GPU launches the step, not what it computes",
     "training.loader_workers": "how many processes decode images; each one's crop is drawn from (seed, step, position)",
-    "training.devices": "processes of one training; N processes equal one (lotto.distributed)",
-    "training.nodes": "nodes of one training; N processes equal one (lotto.distributed)",
+    "training.devices": "processes of one training; N processes equal one (lotto.core.distributed)",
+    "training.nodes": "nodes of one training; N processes equal one (lotto.core.distributed)",
 }
 
 # For every field, another value its key allows (the schema's choices and ranges). The values
@@ -513,8 +513,8 @@ def schema_defaults(node: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def test_schema_defaults_are_the_dataclass_defaults():
-    """Each default is written once: a field's default in lotto.spec_types, or (for input keys that
-    resolution converts) lotto.spec.INPUT_DEFAULTS; the schema documents the same value."""
+    """Each default is written once: a field's default in lotto.core.spec_types, or (for input keys that
+    resolution converts) lotto.core.spec.INPUT_DEFAULTS; the schema documents the same value."""
     documented = schema_defaults(experiment_schema())
     assert len(documented) > 40  # the walk reached every section
     for path, default in documented.items():

@@ -19,8 +19,8 @@ from conftest import deep_merge, tiny_doc
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from lotto import models
-from lotto.spec import ExperimentSpec, SpecError, experiment_schema, resolve
+from lotto.core import models
+from lotto.core.spec import ExperimentSpec, SpecError, experiment_schema, resolve
 
 TRAIN_SIZE, VAL_SIZE, BATCH, DURATION = 2000, 200, 60, 60
 PER_EPOCH = (TRAIN_SIZE - VAL_SIZE) // BATCH

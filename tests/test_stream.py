@@ -1,4 +1,4 @@
-"""The streamed data source (lotto.stream, lotto.image_folder) on a tiny image folder of real JPEG
+"""The streamed data source (lotto.core.stream, lotto.core.image_folder) on a tiny image folder of real JPEG
 files written by the test: the index and its errors, the batch order and augmentation as
 functions of (seed, step), a training resumed in the middle of an epoch, the transforms, top-5
 metrics. Cost: ~15 s in all (CPU, 32-px images; the worker-process cases dominate)."""
@@ -15,12 +15,13 @@ import pytest
 import torch
 from fixtures import write_image_folder, write_kmnist
 
-from lotto import data, image_folder, masks, metrics, models, startup, stream, tables
-from lotto.errors import UserError
-from lotto.io import CorruptFileError, load_torch
-from lotto.spec import SpecError, resolve
-from lotto.spec_types import TrainingSpec
-from lotto.train import TOP5_MIN_CLASSES, evaluate_streamed, train
+from lotto.core import data, image_folder, masks, metrics, models, startup, stream
+from lotto.core.errors import UserError
+from lotto.core.io import CorruptFileError, load_torch
+from lotto.core.spec import SpecError, resolve
+from lotto.core.spec_types import TrainingSpec
+from lotto.core.train import TOP5_MIN_CLASSES, evaluate_streamed, train
+from lotto.outputs import tables
 
 CPU = torch.device("cpu")
 

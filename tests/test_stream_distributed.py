@@ -1,5 +1,5 @@
-"""A streamed dataset (an image folder of real JPEG files, lotto.stream) trained in 2 processes
-(lotto.distributed, gloo on the CPU) against 1: each rank reads and decodes only its shard of
+"""A streamed dataset (an image folder of real JPEG files, lotto.core.stream) trained in 2 processes
+(lotto.core.distributed, gloo on the CPU) against 1: each rank reads and decodes only its shard of
 the global batch, and the shards together are the one-process batch, images and crops alike;
 evaluation is read in slices and summed.
 
@@ -31,9 +31,9 @@ import yaml
 from fixtures import write_image_folder
 from test_distributed import LAUNCH_TIMEOUT_S, LOSS_TOL, WEIGHT_TOL, compare
 
-from lotto import masks, stream
-from lotto.distributed import World
-from lotto.spec import build_model, load_experiment
+from lotto.core import masks, stream
+from lotto.core.distributed import World
+from lotto.core.spec import build_model, load_experiment
 
 CPU = torch.device("cpu")
 BATCH = 15
@@ -53,11 +53,12 @@ def experiment(root: Path) -> dict:
     }
 
 
-# Runs `python -m lotto ARGS` with lotto.stream's file reader recording what this rank reads
+# Runs `python -m lotto ARGS` with lotto.core.stream's file reader recording what this rank reads
 # (step, position in the global batch, file; step -1 for evaluation reads) in reads-<out>-<rank>.
 READER = """
 import os, sys
-from lotto import cli, stream
+from lotto import cli
+from lotto.core import stream
 out = sys.argv[sys.argv.index("--out") + 1]
 log = open(f"reads-{out}-{os.environ.get('RANK', '0')}.txt", "w")
 read = stream._Files.__getitem__

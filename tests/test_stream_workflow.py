@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 from fixtures import write_image_folder
 from workflow_util import Workdir, rule_counts
 
-from lotto import masks, metrics
+from lotto.core import masks, metrics
 
 EXPERIMENT = {
     "dataset": {"name": "imagefolder", "val_size": 20, "image_size": 32, "resize": 36},

@@ -1,4 +1,4 @@
-"""training.precision: tf32 (lotto.train.matmul_precision). CPU tests: identity, accepted and
+"""training.precision: tf32 (lotto.core.train.matmul_precision). CPU tests: identity, accepted and
 refused values, the flags during training (forward and backward) and after, and unchanged
 numbers on a CPU; the CUDA test runs only where a GPU is (about 1 s here)."""
 
@@ -9,10 +9,10 @@ import torch
 from conftest import tiny_spec
 from test_gpu_step import lenet
 
-from lotto import masks
-from lotto.spec import ExperimentSpec, SpecError
-from lotto.train import matmul_precision, train
-from lotto.vmap import train_seeds
+from lotto.core import masks
+from lotto.core.spec import ExperimentSpec, SpecError
+from lotto.core.train import matmul_precision, train
+from lotto.core.vmap import train_seeds
 
 TF32 = {"training": {"precision": "tf32"}}
 

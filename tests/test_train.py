@@ -1,4 +1,4 @@
-"""lotto.train: pruned weights stay exactly zero, the LR schedule and batch order are
+"""lotto.core.train: pruned weights stay exactly zero, the LR schedule and batch order are
 reproducible, an interrupted run resumes exactly, and divergence is recorded, not raised."""
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ import torch
 from conftest import tiny_spec, train_by_hand
 from torch import nn
 
-from lotto import masks, prune
-from lotto.masks import prunable_layers
-from lotto.models import create_model
-from lotto.spec import PruningSpec
-from lotto.train import evaluate, resolve_device, train
+from lotto.core import masks, prune
+from lotto.core.masks import prunable_layers
+from lotto.core.models import create_model
+from lotto.core.spec import PruningSpec
+from lotto.core.train import evaluate, resolve_device, train
 
 
 class Interrupted(Exception):

@@ -14,8 +14,9 @@ import torch
 from conftest import tiny_spec
 from workflow_util import TINY_EXPERIMENT, Workdir, experiment, job_stats, parse_jobs
 
-from lotto import cli, io, masks, metrics, round_plan, rounds
-from lotto.spec import ExperimentSpec, SpecError, build_model
+from lotto import cli, round_plan, rounds
+from lotto.core import io, masks, metrics
+from lotto.core.spec import ExperimentSpec, SpecError, build_model
 
 SEEDS = [0, 1, 2]
 ROUND_FILES = ("checkpoint.pt", "mask.pt", "metrics.parquet", "rewind.pt")
@@ -245,7 +246,7 @@ def test_seeds_together_are_repeatable_bit_for_bit(synthetic_data, dense, tmp_pa
 
 
 def test_a_diverging_seed_makes_every_seed_train_alone(synthetic_data, dense, tmp_path, capsys):
-    """Divergence is recorded per seed by lotto.train.train, so the round falls back to it: the
+    """Divergence is recorded per seed by lotto.core.train.train, so the round falls back to it: the
     files are then exactly run_round's."""
     spec = tiny_spec(seeds=SEEDS)
     spec = replace(spec, training=replace(spec.training, divergence_loss=0.5))

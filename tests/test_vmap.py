@@ -1,4 +1,4 @@
-"""lotto.vmap: seeds trained together match separate lotto.train.train runs, and models whose
+"""lotto.core.vmap: seeds trained together match separate lotto.core.train.train runs, and models whose
 seeds cannot share a vectorised pass are refused."""
 
 from __future__ import annotations
@@ -7,11 +7,11 @@ import pytest
 import torch
 from conftest import tiny_spec, train_by_hand
 
-from lotto import masks, prune
-from lotto.models import create_model
-from lotto.spec import PruningSpec
-from lotto.train import dropout_seed, evaluate, train
-from lotto.vmap import SeedDropout, check_vectorisable, train_seeds
+from lotto.core import masks, prune
+from lotto.core.models import create_model
+from lotto.core.spec import PruningSpec
+from lotto.core.train import dropout_seed, evaluate, train
+from lotto.core.vmap import SeedDropout, check_vectorisable, train_seeds
 
 
 def lenet(seed: int, dropout: float = 0.0) -> torch.nn.Module:
@@ -65,7 +65,7 @@ def test_each_seed_matches_its_separate_run(splits, training):
 
 
 def test_each_seed_steps_at_the_rate_of_the_schedule_for_its_step(splits):
-    """As for lotto.train.train: with a warm-up and a decay inside the run, every seed's weights
+    """As for lotto.core.train.train: with a warm-up and a decay inside the run, every seed's weights
     are those of SGD written out by hand at lr_at(global step), from schedule step 3."""
     spec = tiny_spec(training={"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "warmup": 6,
                                "milestones": [9], "duration": 20, "eval_every": 5}).training

@@ -137,7 +137,7 @@ def test_rerun_after_full_run_has_nothing_to_do(reference):
     assert result.jobs == []
 
 
-# Execution-only settings (lotto.spec_types.EXECUTION_ONLY), each changed alone from the reference
+# Execution-only settings (lotto.core.spec_types.EXECUTION_ONLY), each changed alone from the reference
 # experiment's: how its jobs run, not what they compute.
 EXECUTION_CHANGES = {"checkpoint_every": 0, "device": "auto", "cuda_graph": False, "devices": 2}
 
@@ -337,7 +337,7 @@ sys.meta_path.insert(0, _FirstTorchImport())
 
 def test_planning_the_quickstart_imports_no_torch(tmp_path):
     """`snakemake -n` of the quickstart (use_gpu: auto) never imports torch: not through the
-    rules, lotto.layout, lotto.round_plan or the GPU check of use_gpu: auto, nor through spec
+    rules, lotto.core.layout, lotto.round_plan or the GPU check of use_gpu: auto, nor through spec
     validation (it reads lotto/model_facts.json). Every snakemake start, and every cluster job's
     inner snakemake, would pay ~2.7 s for it. One dry run, ~3 s."""
     watch, log = tmp_path / "watch", tmp_path / "torch-import.txt"

@@ -19,10 +19,10 @@ import torch
 from test_gpu_slot import WRAPPER, wrapper_env
 from workflow_util import TINY_EXPERIMENT, Workdir, experiment
 
-from lotto.distributed import environ_from_slurm, first_host
-from lotto.errors import InvalidValue
+from lotto.core.distributed import environ_from_slurm, first_host
+from lotto.core.errors import InvalidValue
+from lotto.core.spec import load_experiment
 from lotto.gpu_slot import launch_command
-from lotto.spec import load_experiment
 
 # Each rank records its rank and GPUs, then waits until all 8 ranks of the three jobs have
 # recorded theirs: it ends only if the jobs ran side by side.

@@ -8,8 +8,8 @@ import re
 import pytest
 from workflow_util import TINY_EXPERIMENT, Workdir
 
+from lotto.core.spec import resolve
 from lotto.gpu_memory import estimate_mb
-from lotto.spec import resolve
 
 pytestmark = pytest.mark.workflow
 
