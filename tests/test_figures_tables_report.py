@@ -320,7 +320,7 @@ def test_status_lists_done_in_progress_and_pending(tmp_path):
 
 def test_status_does_not_import_torch(tmp_path):
     results, _ = _fake_results(tmp_path)
-    code = ("import sys; from pathlib import Path; from lotto import status; "
+    code = ("import sys; from pathlib import Path; from lotto.outputs import status; "
             f"status.render(Path({str(results)!r})); print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "False"

@@ -182,7 +182,7 @@ def test_changing_a_hashed_setting_reruns_round_0_with_the_execution_settings(re
     command = next(line for line in result.output.splitlines() if "lotto round" in line)
     execution = json.loads(shlex.split(command.split("--execution", 1)[1])[0])
     assert execution == {"checkpoint_every": 10, "cuda_graph": True, "device": "cpu",
-                         "vectorize_seeds": False, "devices": 1, "nodes": 1}
+                         "vectorize_seeds": False, "devices": 1, "nodes": 1, "loader_workers": -1}
 
 
 # --- 3. re-plotting without training ---------------------------------------------------------
