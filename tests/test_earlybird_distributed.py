@@ -33,7 +33,7 @@ DOC = {
     "model": {"name": "vgg11", "width": 0.0625},
     "training": {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "batch_size": 50, "duration": 8,
                  "eval_every": 4, "device": "cpu"},
-    "earlybird": {"ratios": [0.5], "record_every": 2, "window": 3, "epsilon": 0.5, "retrain": ["ff"]},
+    "earlybird": {"ratios": [0.5], "record_every": 2, "slimming": 0.01, "window": 3, "epsilon": 0.5, "retrain": ["ff"]},
 }
 SEARCH_FILES = {"eb.json", "metrics.parquet", "tickets"} | {
     f"{name}{suffix}" for name in ("init.pt", "last.pt", "masks.pt", "tickets/p50_eb.pt") for suffix in ("", ".sha256")}
