@@ -133,3 +133,9 @@ def test_a_process_other_than_rank_0_writes_nothing(work, tmp_path, monkeypatch)
     earlybird.search(spec, work / "data.pt", 0, tmp_path / "search")
     earlybird.retrain(spec, work / "data.pt", 0, work / "search_rank0", 0.5, "eb", "ff", tmp_path / "ff")
     assert files(tmp_path) == set()
+
+
+def test_an_earlybird_experiment_may_train_in_several_processes():
+    doc = {**DOC, "training": {**DOC["training"], "devices": 2}}
+    assert resolve(doc).training.devices == 2
+    assert resolve(doc).dense_key == resolve(DOC).dense_key  # execution only
