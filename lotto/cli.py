@@ -331,8 +331,10 @@ def cmd_eb_search(args: argparse.Namespace) -> None:
 
     _configure_torch(args.threads)
     spec = _training_spec(args)
-    with _world(spec, several=False):
+    with _world(spec) as world:
         outcome = earlybird.search(spec, Path(args.data), args.seed, Path(args.out))
+    if not world.writer:
+        return
     draws = ", ".join(f"{label}: {epoch}" for label, epoch in outcome.draw_epoch.items())
     print(f"draw epochs {draws}; trained {outcome.epochs_trained} epochs ({outcome.iterations} it)",
           file=sys.stderr)
@@ -343,11 +345,12 @@ def cmd_eb_train(args: argparse.Namespace) -> None:
 
     _configure_torch(args.threads)
     spec = _training_spec(args)
-    with _world(spec, several=False):
+    with _world(spec) as world:
         summary = earlybird.retrain(spec, Path(args.data), args.seed, Path(args.search),
                                     args.ratio, args.ticket, args.mode, Path(args.out))
-    print(f"{summary['ticket']}-{summary['mode']} p={summary['ratio']}: test acc "
-          f"{summary['test_accuracy']:.4f}, total training FLOPs {summary['total_flops']:.3g}", file=sys.stderr)
+    if world.writer:
+        print(f"{summary['ticket']}-{summary['mode']} p={summary['ratio']}: test acc "
+              f"{summary['test_accuracy']:.4f}, total training FLOPs {summary['total_flops']:.3g}", file=sys.stderr)
 
 
 def cmd_eb_figures(args: argparse.Namespace) -> None:

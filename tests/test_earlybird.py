@@ -330,14 +330,18 @@ def test_eb_train_refuses_a_ratio_that_was_not_searched(eb_data, tmp_path):
 
 @pytest.mark.workflow
 def test_default_target_runs_search_retrainings_figures_table_and_report(tmp_path):
-    """A tiny Early-Bird experiment through `snakemake` with no target (~40 s): the search, each
-    retraining, Fig. 1/3/5 and the table, the report showing them; no IMP job; status lists all."""
+    """A tiny Early-Bird experiment through `snakemake` with no target (~37 s; its jobs in 2
+    processes each: +14 s): the search, each retraining, Fig. 1/3/5 and the table, the report
+    showing them; no IMP job; status lists all."""
     doc = eb_doc(ratios=[0.5], retrain=["ff"], baselines=["lt_oneshot"])
     doc["training"]["duration"] = "6ep"
+    doc["training"]["devices"] = 2  # each job in 2 gloo processes (1 vs 2: test_earlybird_distributed)
     doc["model"]["width"] = 0.0625
     work = Workdir(tmp_path)
     work.write_config([work.write_experiment("eb_tiny", doc)])
     result = work.snakemake().check()
+    logs = [path.read_text() for path in (work.results / "logs").rglob("*.log")]
+    assert sum("2 processes (gloo), 25-25 examples of each batch each" in log for log in logs) == 4, logs
 
     counts = rule_counts(result.output)
     assert {rule: counts[rule] for rule in ("eb_search", "eb_train", "eb_figures", "html_report")} == {

@@ -569,3 +569,5 @@ def test_several_processes_are_execution_only_and_refuse_what_would_depend_on_th
         tiny_doc(training={"devices": 4, "nodes": 2, "batch_size": 4}))
     assert "training.vectorize_seeds: true trains several seeds in one process" in refusal(
         tiny_doc(training={"devices": 2, "vectorize_seeds": True}))
+    assert "training.devices: 2 x 1 processes: optimal_mask's mask training runs in one process" in refusal(
+        tiny_doc(training={"devices": 2}, pruning={"criterion": "optimal_mask"}))

@@ -46,7 +46,7 @@ def _vgg_groups(model: VGG) -> list[ChannelGroup]:
     for position, (name, module) in enumerate(layers):
         if isinstance(module, nn.Conv2d):
             conv = f"features.{name}"
-        elif isinstance(module, nn.BatchNorm2d):
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm):  # GlobalBatchNorm too (several processes)
             following = [f"features.{n}" for n, m in layers[position + 1 :] if isinstance(m, nn.Conv2d)]
             groups.append(ChannelGroup(f"features.{name}", conv, (following[0] if following else "fc",)))
     return groups

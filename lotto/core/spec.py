@@ -235,7 +235,7 @@ def resolve(doc: Any, source: str = "<experiment>", default_name: str = "experim
     _check_transfer_branch(branches, transfer_from, bad)
     if dataset.streamed:
         _check_streamed_features(dataset, training, pruning, branches, bad)
-    _check_processes(training, model, pruning, earlybird, bad)
+    _check_processes(training, model, pruning, bad)
     if problems:
         raise SpecError("\n".join(problems))
     return ExperimentSpec(
@@ -465,8 +465,7 @@ def _check_rounds_rules(pruning: PruningSpec, rewinding: RewindingSpec, branches
             f"use weights: {' or '.join(criterion.one_shot_starts)}")
 
 
-def _check_processes(training: TrainingSpec, model: ModelSpec, pruning: PruningSpec,
-                     earlybird: EarlyBirdSpec | None, bad: Any) -> None:
+def _check_processes(training: TrainingSpec, model: ModelSpec, pruning: PruningSpec, bad: Any) -> None:
     """What one training in several processes (training.devices x nodes, lotto.core.distributed) cannot
     do with the results of one process."""
     processes = training.devices * training.nodes
@@ -480,9 +479,9 @@ def _check_processes(training: TrainingSpec, model: ModelSpec, pruning: PruningS
             "so the results would depend on the number of processes; use devices: 1 and nodes: 1")
     if training.vectorize_seeds:
         bad("training.vectorize_seeds", f"true trains several seeds in one process; not with {why}")
-    if earlybird is not None or pruning.criterion == "optimal_mask":
-        bad("training.devices", f"{why}: the Early-Bird search and optimal_mask's mask training run in one "
-            "process; use devices: 1 and nodes: 1")
+    if pruning.criterion == "optimal_mask":
+        bad("training.devices", f"{why}: optimal_mask's mask training runs in one process; "
+            "use devices: 1 and nodes: 1")
 
 
 def _check_transfer_branch(branches: tuple[str, ...], transfer_from: str | None, bad: Any) -> None:

@@ -22,6 +22,12 @@ Files of one seed (results/<experiment>/eb/seed<S>/):
     p30/<ticket>-<mode>/     a retraining: checkpoint.pt, channels.pt (or mask.pt for the
                              unstructured lt_oneshot baseline), metrics.parquet, summary.json
 
+In several processes (training.devices x nodes, lotto.core.distributed) the search and the
+retrainings are one training each, as a plain round is: gradients are all-reduced, so every rank
+holds the same weights; the search ranks channels by rank 0's |γ| after checking that every
+rank's are bit-identical (`agreed_scores`), so all draw the same masks and stop together; network
+slimming's L1 is added once, after the all-reduce (TrainingLoop); rank 0 alone writes the files.
+
 Approximations: the retraining schedule is the experiment's full schedule for every ticket;
 "int8sim" quantises weights and activations of conv/linear layers to 8 bits per tensor in the
 forward pass with straight-through gradients (the paper also quantises gradients); bf16 is
@@ -42,6 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lotto.core import io, masks, metrics, prune
+from lotto.core.distributed import World
 from lotto.core.errors import CannotRun, InvalidValue
 from lotto.core.models import init_kaiming
 from lotto.core.spec import ExperimentSpec, PruningSpec
@@ -102,6 +109,23 @@ def channel_mask(model: nn.Module, ratio: float) -> structured.ChannelMask:
     """The channel mask of `model` at pruning ratio `ratio` (global |γ| threshold)."""
     sizes = layer_sizes(model)
     return unflatten(flat_channel_mask(channel_scores(model), list(sizes.values()), ratio), sizes)
+
+
+def agreed_scores(scores: Tensor, world: World, device: torch.device, epoch: int) -> Tensor:
+    """Rank 0's channel scores, on every rank of `world`, once every rank has checked that its own
+    are bit-identical (same weights on every rank, so the same masks, draws and stop); a
+    difference fails the search on every rank instead of drawing rank-dependent tickets."""
+    if not world.joined:
+        return scores
+    ours = scores.to(device)
+    theirs = ours.clone()
+    world.broadcast_([theirs])
+    differ = (~((ours == theirs) | (ours.isnan() & theirs.isnan()))).any().to(torch.float32).reshape(1)
+    world.sum_([differ])
+    if differ.item():
+        raise CannotRun(f"the BN scales of {int(differ.item())} of {world.size} processes differ from rank 0's at "
+                        f"search epoch {epoch}: the processes no longer train one model")
+    return theirs.cpu()
 
 
 def mask_distance(a: Tensor, b: Tensor) -> float:
@@ -180,12 +204,13 @@ class SearchOutcome:
 def search(spec: ExperimentSpec, data_path: str | Path, seed: int, out: str | Path) -> SearchOutcome:
     """Train the dense model with network slimming, record channel masks every epoch, draw the
     tickets, and write the files listed in the module docstring into `out`."""
-    eb, out = settings(spec), Path(out)
+    eb, out, world = settings(spec), Path(out), World.current()
     job = start_job(spec, data_path)
     splits = job.splits
     model = job.new_model(seed)
-    out.mkdir(parents=True, exist_ok=True)
-    io.save_torch(out / "init.pt", _cpu_state(model))
+    if world.writer:
+        out.mkdir(parents=True, exist_ok=True)
+        io.save_torch(out / "init.pt", _cpu_state(model))
     set_precision_(model, eb.precision)
 
     sizes = layer_sizes(model)
@@ -204,7 +229,7 @@ def search(spec: ExperimentSpec, data_path: str | Path, seed: int, out: str | Pa
             return False
         epoch = step // eb.record_every
         trained["epoch"] = epoch
-        scores = channel_scores(net)
+        scores = agreed_scores(channel_scores(net), world, job.device, epoch)
         keep_state = epoch in fixed_epochs or epoch == epochs  # the last: for undrawn tickets
         for ratio in eb.ratios:
             label = ratio_label(ratio)
@@ -212,7 +237,8 @@ def search(spec: ExperimentSpec, data_path: str | Path, seed: int, out: str | Pa
             if draw[label] is None and is_drawn(history[label], eb.window, eb.epsilon):
                 draw[label] = epoch
                 keep_state = True
-                print(f"[eb search] {label}: ticket drawn at epoch {epoch}", file=sys.stderr, flush=True)
+                if world.writer:
+                    print(f"[eb search] {label}: ticket drawn at epoch {epoch}", file=sys.stderr, flush=True)
         if keep_state:
             kept[epoch] = _cpu_state(net)
         return not to_end and all(d is not None for d in draw.values()) and epoch >= last_needed
@@ -226,6 +252,9 @@ def search(spec: ExperimentSpec, data_path: str | Path, seed: int, out: str | Pa
     if last_epoch < max(eb.window, 1):
         raise InvalidValue(f"the search recorded {last_epoch} masks, fewer than earlybird.window "
                            f"({eb.window}); lower earlybird.record_every or the window")
+    iterations = max(r["step"] for r in result.rows)
+    if not world.writer:  # the other processes hold the same weights and draws; rank 0 writes them
+        return SearchOutcome(draw_epoch=draw, epochs_trained=last_epoch, iterations=iterations)
 
     for ratio in eb.ratios:
         label = ratio_label(ratio)
@@ -252,7 +281,7 @@ def search(spec: ExperimentSpec, data_path: str | Path, seed: int, out: str | Pa
         "ratios": list(eb.ratios),
         "epochs_total": epochs,
         "epochs_trained": last_epoch,
-        "iterations": max(r["step"] for r in result.rows),
+        "iterations": iterations,
         "trained_to_end": last_epoch == epochs,
         "dense_test_accuracy": [r for r in result.rows if r["split"] == "test"][-1]["accuracy"],
         **_top5("dense_test_top5", [r for r in result.rows if r["split"] == "test"][-1]),
@@ -264,7 +293,7 @@ def search(spec: ExperimentSpec, data_path: str | Path, seed: int, out: str | Pa
     io.write_json(out / "eb.json", summary)
     metrics.write(out / "metrics.parquet", result.rows, experiment=spec.name, seed=seed, round=0,
                   branch="eb_search", density=1.0)
-    return SearchOutcome(draw_epoch=draw, epochs_trained=last_epoch, iterations=summary["iterations"])
+    return SearchOutcome(draw_epoch=draw, epochs_trained=last_epoch, iterations=iterations)
 
 
 # --- EB Train and the baselines --------------------------------------------------------------
@@ -290,7 +319,9 @@ def retrain(spec: ExperimentSpec, data_path: str | Path, seed: int, search_dir: 
     dense = job.new_model(seed)
     dense_forward = flops.forward_flops(dense, spec.dataset.input_shape)
     search = json.loads((search_dir / "eb.json").read_text())
-    out.mkdir(parents=True, exist_ok=True)
+    writer = World.current().writer  # in several processes rank 0 alone writes (the others train the same)
+    if writer:
+        out.mkdir(parents=True, exist_ok=True)
     equivalence = None
 
     if mode == "lt_oneshot":
@@ -303,7 +334,8 @@ def retrain(spec: ExperimentSpec, data_path: str | Path, seed: int, search_dir: 
         model, epoch, drawn = dense, search["epochs_total"], True
         pruned_forward, search_iterations = dense_forward, spec.training.duration
         density = masks.density(mask)
-        masks.save(out / "mask.pt", mask)
+        if writer:
+            masks.save(out / "mask.pt", mask)
     else:
         saved = io.load_torch(_ticket_file(search_dir, ratio, ticket), map_location=device)
         cm = {k: v.to(device) for k, v in saved["channel_mask"].items()}
@@ -321,13 +353,15 @@ def retrain(spec: ExperimentSpec, data_path: str | Path, seed: int, search_dir: 
             search_iterations = spec.training.duration
         density = _parameter_count(model) / _parameter_count(dense)
         mask = masks.ones(model)
-        io.save_torch(out / "channels.pt", {k: v.cpu() for k, v in cm.items()})
+        if writer:
+            io.save_torch(out / "channels.pt", {k: v.cpu() for k, v in cm.items()})
 
     result = train(model, splits, spec.training, mask=mask, seed=seed, steps=spec.training.duration,
                    label=f"{spec.name} seed{seed} {ratio_label(ratio)} {ticket}-{mode}")
-    io.save_torch(out / "checkpoint.pt", {k: v.cpu() for k, v in result.state.items()})
-    metrics.write(out / "metrics.parquet", result.rows, experiment=spec.name, seed=seed, round=0,
-                  branch=f"eb_{mode}", density=density)
+    if writer:
+        io.save_torch(out / "checkpoint.pt", {k: v.cpu() for k, v in result.state.items()})
+        metrics.write(out / "metrics.parquet", result.rows, experiment=spec.name, seed=seed, round=0,
+                      branch=f"eb_{mode}", density=density)
     tests = [r for r in result.rows if r["split"] == "test"]
     batch = spec.training.batch_size
     search_flops = flops.training_flops(dense_forward, batch, search_iterations)
@@ -354,7 +388,8 @@ def retrain(spec: ExperimentSpec, data_path: str | Path, seed: int, search_dir: 
         "full_training_flops": flops.training_flops(dense_forward, batch, spec.training.duration),
         "equivalence_error": equivalence,
     }
-    io.write_json(out / "summary.json", summary)
+    if writer:
+        io.write_json(out / "summary.json", summary)
     return summary
 
 
