@@ -141,11 +141,11 @@ def _world(spec, several: bool = True):
 def cmd_round(args: argparse.Namespace) -> None:
     _configure_torch(args.threads)
     spec = _training_spec(args)
-    with _world(spec, several=len(args.seed) == 1):
-        _run_round(args, spec)
+    with _world(spec, several=len(args.seed) == 1) as world:
+        _run_round(args, spec, world.writer)
 
 
-def _run_round(args: argparse.Namespace, spec) -> None:
+def _run_round(args: argparse.Namespace, spec, writer: bool) -> None:
     from lotto import rounds
 
     paths = _seed_paths(args)
@@ -161,9 +161,7 @@ def _run_round(args: argparse.Namespace, spec) -> None:
             dense_dirs=paths["dense"], prev_dirs=paths["prev"],
             rewind_files=paths["rewind_from"], scores_files=paths["scores"], branches=args.branch,
         )
-    from lotto.core.distributed import World
-
-    if World.current().writer:
+    if writer:  # in several processes rank 0 alone reports (the others trained the same)
         for out, result in results.items():
             if len(results) > 1:
                 print(f"{out}:", file=sys.stderr)

@@ -235,22 +235,17 @@ class Stepper:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, precision: str = "fp32") -> tuple[float, float]:
-    """Mean loss and accuracy over a whole split, in large no-grad batches."""
-    loss, correct = evaluate_sums(model, x, y, precision)
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, precision: str = "fp32",
+             world: World | None = None) -> tuple[float, float]:
+    """Mean loss and accuracy over a whole split, in large no-grad batches. With a joined
+    `world`, each process takes its slice of the split and the sums are added up: the same
+    numbers up to the order of the float sums, in 1/size of the time."""
+    part = slice(None) if world is None else world.shard(len(x))
+    loss, correct = evaluate_sums(model, x[part], y[part], precision)
+    if world is not None:
+        world.sum_([loss, correct])
     n = max(1, len(x))
     return float(loss) / n, float(correct) / n  # host sync: evaluation point
-
-
-def evaluate_sharded(model: nn.Module, x: torch.Tensor, y: torch.Tensor, precision: str,
-                     world: World) -> tuple[float, float]:
-    """evaluate() with each process taking its slice of the split and the sums added up: the
-    same numbers up to the order of the float sums, in 1/size of the time."""
-    part = world.shard(len(x))
-    loss, correct = evaluate_sums(model, x[part], y[part], precision)
-    world.sum_([loss, correct])
-    n = max(1, len(x))
-    return float(loss) / n, float(correct) / n
 
 
 @torch.no_grad()
@@ -276,7 +271,7 @@ def evaluate_streamed(model: nn.Module, split: StreamedSplit, precision: str = "
     """Mean loss and accuracy over a split read from disk, plus top-5 accuracy when the
     dataset has more than TOP5_MIN_CLASSES classes (else the pair, as `evaluate` returns).
     With a joined `world`, each process reads and evaluates its slice of the split and the sums
-    are added (as evaluate_sharded does for resident data)."""
+    are added (as `evaluate` does for resident data)."""
     was_training = model.training
     model.eval()
     device = split.reader.device
@@ -589,6 +584,7 @@ def train(
                   file=sys.stderr, flush=True)
     if device.type == "cuda" and _has_conv(model):
         model.to(memory_format=torch.channels_last)  # what tensor-core convolutions want
+    joined = world if world.joined else None  # the world the evaluations are shared with
     streamed = isinstance(data, StreamedData)
     schedule = None if streamed else BatchSchedule(data, spec.batch_size, seed)
     loop = TrainingLoop(
@@ -599,10 +595,8 @@ def train(
         forward=lambda x, y: _mean_loss(model(x), y),
         batches=data.batches(spec.batch_size, seed, world.shard(spec.batch_size)) if streamed
         else lambda step: _shard(schedule.batch(step), world) if world.joined else schedule.batch(step),
-        evaluate_split=(lambda split, _labels: [evaluate_streamed(model, split, spec.precision,
-                                                                  world if world.joined else None)]) if streamed
-        else lambda x, y: [evaluate_sharded(model, x, y, spec.precision, world) if world.joined
-                           else evaluate(model, x, y, spec.precision)],
+        evaluate_split=(lambda split, _labels: [evaluate_streamed(model, split, spec.precision, joined)]) if streamed
+        else lambda x, y: [evaluate(model, x, y, spec.precision, joined)],
         state_of=lambda: _clone_state(model),
         steps=steps, start=start, constant_lr=constant_lr, label=label, world=world,
     )  # fmt: skip
