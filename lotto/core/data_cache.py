@@ -124,8 +124,8 @@ def remove_stale(prepared: Path) -> list[Path]:
         except OSError as err:
             print(f"could not remove stale splits file {found.path}: {err.strerror}", file=sys.stderr)
             continue
-        print(f"removed stale splits file {found.path} ({size / 1e6:.1f} MB): made from other content",
-              file=sys.stderr)
+        why = "made from other content" if found.content else "an older name, never read now"
+        print(f"removed stale splits file {found.path} ({size / 1e6:.1f} MB): {why}", file=sys.stderr)
         removed.append(found.path)
     return removed
 
@@ -142,7 +142,7 @@ def describe(folder: Path) -> str:
         total += size
         lines.append(f"{size / 1e6:9.1f} MB  {_state(entry):<9}  {entry.path}")
     lines.append(f"{total / 1e6:9.1f} MB  in {len(found)} splits file(s); `lotto cache --clear` removes them "
-                 "(the next job of each dataset writes its own again)")
+                 "(the next job of each prepared dataset writes the one it needs again)")
     return "\n".join(lines)
 
 
