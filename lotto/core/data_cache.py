@@ -5,12 +5,14 @@ does not re-read, re-hash and re-standardise it.
 standardises every image: ~0.3 s of CPU for Fashion-MNIST in every training job, on top of
 `import torch` (benchmarks/job.py). What it returns depends only on that file's content and
 load's options, so the first job that needs them writes the splits to
-`<prepared>.splits-<key>.pt` and later jobs map that file (torch.load with mmap: no copy, no
-hash, no arithmetic) instead. The values are those load computed, so results are unchanged.
+`<prepared>.splits-<content>-<key>.pt` and later jobs map that file (torch.load with mmap: no
+copy, no hash, no arithmetic) instead. The values are those load computed, so results are
+unchanged.
 
 Why a hit is never wrong:
-- `key` hashes the prepared file's content hash (its verified .sha256 sidecar), load's options
-  and FORMAT: other content, other options or another layout of this file name another file;
+- `key` hashes the prepared file's content hash (its verified .sha256 sidecar; `content` is its
+  first 16 hex digits), load's options and FORMAT: other content, other options or another
+  layout of this file name another file;
 - the splits file records the prepared file's identity when load read and verified it (device,
   inode, size, mtime in ns, sha256); a hit needs the prepared file to have that identity now.
   lotto replaces files by rename (a new inode) and never edits them in place, so a prepared file
@@ -22,7 +24,7 @@ Not caught: bit rot inside either file after it was verified (a hit hashes neith
 220 MB of float splits would cost what the cache saves), or an in-place edit of the prepared file
 that keeps its size, inode and mtime to the nanosecond.
 
-Old splits files are removed (`remove_stale`) when a job writes a new one and when the prepare
+Stale splits files are removed (`remove_stale`) when a job writes a new one and when the prepare
 verb rewrites the prepared file: a splits file's name starts with a prefix of the sha256 of the
 content it was made from, so those made from other content, which can never hit again, are
 found by name alone (the 220 MB files are not read). Those of other options of the same content
