@@ -106,15 +106,14 @@ def splits_files(folder: Path) -> list[SplitsFile]:
     return found
 
 
-def remove_stale(prepared: Path) -> list[Path]:
+def remove_stale(prepared: Path) -> None:
     """Delete the splits files of `prepared` made from other content than it holds now (its
     .sha256 sidecar), and those of older names; keep those of its content, whatever their options.
     Nothing is deleted without a valid sidecar. A file that cannot be deleted is reported and kept:
     it costs disk, not correctness."""
     sha256 = _content_hash(prepared)
     if sha256 is None:
-        return []
-    removed = []
+        return
     for found in splits_files(prepared.parent):
         if found.prepared != prepared or not found.stale(sha256):
             continue
@@ -128,8 +127,6 @@ def remove_stale(prepared: Path) -> list[Path]:
             continue
         why = "made from other content" if found.content else "an older name, never read now"
         print(f"removed stale splits file {found.path} ({size / 1e6:.1f} MB): {why}", file=sys.stderr)
-        removed.append(found.path)
-    return removed
 
 
 def describe(folder: Path) -> str:
