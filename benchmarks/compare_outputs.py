@@ -39,8 +39,8 @@ WALL_CLOCK_COLUMNS = ("seconds", "wall_seconds", "time", "duration_s")
 # paths (relative to results/) that record times or machine state by nature
 TIMING_DIRS = ("benchmarks/", "logs/")
 # lotto.core.data_cache's splits files beside a prepared dataset: a cache of lotto.core.data.load, not a
-# result (checkouts before it have none)
-SPLITS_FILE = re.compile(r"\.splits-[0-9a-f]{16}\.pt$")
+# result (checkouts before it have none; before the content prefix, their names had only the key)
+SPLITS_FILE = re.compile(r"\.splits-(?:[0-9a-f]{16}-)?[0-9a-f]{16}\.pt$")
 
 BASE = {
     "dataset": {"name": "synthetic", "val_size": 200},

@@ -93,7 +93,7 @@ def cmd_write_spec(args: argparse.Namespace) -> None:
 
 
 def cmd_prepare_data(args: argparse.Namespace) -> None:
-    from lotto.core import data, image_folder
+    from lotto.core import data, data_cache, image_folder
 
     if args.dataset in image_folder.STREAMED:  # an image folder: indexed, never copied
         from lotto.core import stream
@@ -107,6 +107,7 @@ def cmd_prepare_data(args: argparse.Namespace) -> None:
     data.prepare(args.dataset, args.out, root=args.root, download=args.download, synthetic_options=options,
                  torchvision_options=classes)
     print(f"prepared {args.dataset} -> {args.out}", file=sys.stderr)
+    data_cache.remove_stale(Path(args.out))  # the splits of its former content can never hit again
 
 
 def _seed_paths(args: argparse.Namespace) -> dict[str, list[Path | None]]:
@@ -324,6 +325,17 @@ def cmd_status(args: argparse.Namespace) -> None:
     print(status.render(Path(args.results)))
 
 
+def cmd_cache(args: argparse.Namespace) -> None:
+    from lotto.core import data_cache, layout
+
+    folder = Path(layout.data_dir(args.results))
+    if args.clear:
+        files, size = data_cache.clear(folder)
+        print(f"removed {files} splits file(s), {size / 1e6:.1f} MB, from {folder}")
+    else:
+        print(data_cache.describe(folder))
+
+
 def cmd_eb_search(args: argparse.Namespace) -> None:
     from lotto.methods import earlybird
 
@@ -522,6 +534,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verb("status", cmd_status, "which rounds and branches are done, running or pending")
     p.add_argument("--results", default="results")
+
+    p = verb("cache", cmd_cache, "list the splits files that speed up job start-up (results/data/*.splits-*.pt), "
+             "with their sizes; --clear removes them")
+    p.add_argument("--results", default="results")
+    p.add_argument("--clear", action="store_true", help="remove every splits file (and nothing else)")
     return parser
 
 

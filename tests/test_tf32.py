@@ -1,6 +1,6 @@
 """training.precision: tf32 (lotto.core.train.matmul_precision). CPU tests: identity, accepted and
-refused values, the flags during training (forward and backward) and after, and unchanged
-numbers on a CPU; the CUDA test runs only where a GPU is (about 1 s here)."""
+refused values, the flags during training (forward and backward) and after, unchanged numbers on
+a CPU and the job's log saying so once; the CUDA test runs only where a GPU is (about 2 s here)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import torch
 from conftest import tiny_spec
 from test_gpu_step import lenet
 
-from lotto.core import masks
+from lotto import cli
+from lotto.core import io, masks, startup
 from lotto.core.spec import ExperimentSpec, SpecError
 from lotto.core.train import matmul_precision, train
 from lotto.core.vmap import train_seeds
@@ -64,6 +65,36 @@ def test_on_a_cpu_tf32_trains_the_same_numbers_as_fp32(splits):
         results.append(train(model, splits, tiny_spec(**overrides).training, mask=masks.ones(model), seed=0, steps=20))
     assert results[0].rows == results[1].rows
     assert all(torch.equal(v, results[1].state[k]) for k, v in results[0].state.items())
+
+
+CPU_NOTE = "precision tf32: no effect on cpu, trains as fp32"
+
+
+@pytest.mark.parametrize("precision", ["tf32", "fp32", "bf16"])
+def test_a_round_job_with_a_branch_says_once_that_tf32_trains_as_fp32_on_a_cpu(synthetic_data, tmp_path, capsys,
+                                                                                 precision):
+    spec = tmp_path / "spec.json"
+    io.write_json(spec, tiny_spec(training={"precision": precision, "duration": 4, "eval_every": 2}).to_dict())
+    common = ["--spec", str(spec), "--data", str(synthetic_data), "--seed", "0"]
+    r0, r1 = tmp_path / "round0", tmp_path / "round1"
+    assert cli.main(["round", *common, "--round", "0", "--out", str(r0)]) == 0
+    capsys.readouterr()
+    assert cli.main(["round", *common, "--round", "1", "--dense", str(r0), "--prev", str(r0), "--branch", "reinit",
+                     "--out", str(r1)]) == 0  # one job, two trainings
+    log = capsys.readouterr().err.splitlines()
+    assert log.count(CPU_NOTE) == (precision == "tf32") and not [line for line in log if "no effect" in line
+                                                                 and line != CPU_NOTE]
+
+
+def test_a_gpu_before_ampere_is_named_in_the_note(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: (7, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "Tesla V100")
+    note = startup.precision_note("tf32", torch.device("cuda"))
+    assert note == ("precision tf32: no effect on Tesla V100 (compute capability 7.0; TF32 needs 8.0, Ampere, "
+                    "or later), trains as fp32")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: (9, 0))
+    assert startup.precision_note("tf32", torch.device("cuda")) is None
+    assert startup.precision_note("bf16", torch.device("cpu")) is None
 
 
 def test_vectorised_seeds_train_under_tf32_too(splits):

@@ -3,7 +3,7 @@ by the workflow (rules/*.smk) and by `lotto status`. Plain strings, no torch; `r
 results folder, and a wildcard template such as '{seed}' may stand for any part.
 
     data/<data_key>.pt                                 a prepared dataset
-    data/<data_key>.pt.splits-<hash>.pt                its standardised splits (lotto.core.data_cache)
+    data/<data_key>.pt.splits-<sha>-<hash>.pt          its standardised splits (lotto.core.data_cache)
     dense/<dense_key>/spec.json, seed<S>/              round 0, shared by experiments
     dense/<dense_key>/seed<S>/replay/step<k>.pt        round 0's weights after k iterations
     <experiment>/recipe.json, spec.json, metrics.parquet
@@ -21,8 +21,13 @@ LOGITS_FILE = "mask_logits.pt"
 REPORT = f"{RESULTS}/report.html"
 
 
+def data_dir(root: str = RESULTS) -> str:
+    """The prepared datasets and their splits files."""
+    return f"{root}/data"
+
+
 def data_file(data_key: str, root: str = RESULTS) -> str:
-    return f"{root}/data/{data_key}.pt"
+    return f"{data_dir(root)}/{data_key}.pt"
 
 
 def dense_spec_file(dense_key: str, root: str = RESULTS) -> str:

@@ -6,6 +6,7 @@ retrainings) starts here, so a new data source or device rule changes one functi
 from __future__ import annotations
 
 import hashlib
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import torch
 
 from lotto.core import data as datasets
 from lotto.core import data_cache, stream
+from lotto.core.distributed import World
 from lotto.core.errors import InvalidValue
 from lotto.core.spec import ExperimentSpec, build_model
 from lotto.core.stream import StreamedData
@@ -61,4 +63,23 @@ class Job:
 def start_job(spec: ExperimentSpec, data_path: str | Path) -> Job:
     """The device training.device names (refused when absent) and the data loaded onto it."""
     device = resolve_device(spec.training.device)
+    note = precision_note(spec.training.precision, device)
+    if note and World.current().writer:  # once per job, however many trainings or processes
+        print(note, file=sys.stderr, flush=True)
     return Job(spec, device, load_splits(spec, data_path, device))
+
+
+def precision_note(precision: str, device: torch.device) -> str | None:
+    """What the job's log says when training.precision asks for what `device` lacks: tf32 sets
+    CUDA's TF32 flags (lotto.core.train.matmul_precision), which change nothing on a CPU or a GPU
+    before Ampere; the precision stays part of the results' identity, so a researcher comparing
+    precisions there learns that the numbers are fp32's."""
+    if precision != "tf32":
+        return None
+    if device.type != "cuda":
+        return f"precision tf32: no effect on {device.type}, trains as fp32"
+    major, minor = torch.cuda.get_device_capability(device)
+    if major < 8:
+        return (f"precision tf32: no effect on {torch.cuda.get_device_name(device)} (compute capability "
+                f"{major}.{minor}; TF32 needs 8.0, Ampere, or later), trains as fp32")
+    return None
