@@ -63,6 +63,7 @@ step() {
   local name=$1 cap=$2 least=$3 rc begin shown
   shift 3
   shown="$*"
+  shown=${shown%%$'\n'*} # a `bash -c` body: its first line
   [ ${#shown} -gt 160 ] && shown="${shown:0:150} ..."
   if [ "$(left)" -lt "$least" ]; then
     say "$name: skipped, needs ${least} s"
