@@ -94,7 +94,9 @@ def launch(processes: int, threads: int, args: argparse.Namespace, model: str, v
     command = [*base, __file__, "--worker", "--model", model, "--threads", str(threads), "--repeats",
                str(args.repeats), "--device", args.device, "--cache", args.cache, "--variant", variant,
                "--precision", precision, "--steps", str(args.steps or 0)]  # fmt: skip
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=str(REPO))
+    # REPO first, the rest kept: on the GPU device, carried packages (jsonschema) are on PYTHONPATH
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads),
+               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=1800)
     if done.returncode:
         raise SystemExit(f"{' '.join(command)} failed:\n{done.stdout}{done.stderr}")

@@ -183,6 +183,9 @@ def run_config(args, model: str, k: int, precision: str, data_cache: Path, sampl
             os.killpg(process.pid, signal.SIGKILL)
             output, _ = process.communicate()
         failed, tail = True, f"stopped by the budget after {timeout:.0f} s\n" + (output or "")[-2000:]
+    except BaseException:  # stopped from outside (SIGTERM, Ctrl-C): end the slice's jobs too
+        os.killpg(process.pid, signal.SIGKILL)
+        raise
     if (work / "results" / "data").exists():  # the next slices of this model skip data preparation
         shutil.copytree(work / "results" / "data", data_cache, dirs_exist_ok=True)
     jobs = [json.loads(line) for line in slot_log.read_text().splitlines()] if slot_log.exists() else []
@@ -355,6 +358,9 @@ def main() -> None:
         parser.error("no nvidia-smi here: on a CPU box run with --fake-gpu (and --quick)")
     header = machine_header()
     print(header, flush=True)
+    # `timeout` (or a closed session) sends SIGTERM: leave through `finally`, tables written
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(f"study_slice: stopped by SIGTERM after "
+                                                      f"{time.monotonic() - start:.0f} s"))
     sampler = GpuSampler()
     data_cache = Path(args.work) / "data-cache"
     rows: list[dict] = []
@@ -384,16 +390,22 @@ def main() -> None:
                   f"util {fmt(row.get('util', math.nan), 0)}%, J/training "
                   f"{fmt(row.get('joules_per_training', math.nan))}{'  FAILED' if row['failed'] else ''}",
                   flush=True)
+            write_results(out, rows, header)  # after each slice: a run killed later keeps these
     finally:
         sampler.stop()
-        extrapolations = [e for k in (1, 2, 4, 8) for p in ("fp32", "bf16", "tf32")
-                          if (e := extrapolate(rows, k, p)) is not None]
-        text = tables(rows, extrapolations, header)
-        (out / "study_slice.md").write_text(text)
-        (out / "study_slice.json").write_text(json.dumps({"rows": rows, "extrapolations": extrapolations},
-                                                         indent=1, default=str))
-        print(text, flush=True)
+        print(write_results(out, rows, header), flush=True)
         print(f"total {time.monotonic() - start:.0f} s; scratch in {args.work}", flush=True)
+
+
+def write_results(out: Path, rows: list[dict], header: str) -> str:
+    """study_slice.md and .json of the slices so far; returns the markdown."""
+    extrapolations = [e for k in (1, 2, 4, 8) for p in ("fp32", "bf16", "tf32")
+                      if (e := extrapolate(rows, k, p)) is not None]
+    text = tables(rows, extrapolations, header)
+    (out / "study_slice.md").write_text(text)
+    (out / "study_slice.json").write_text(json.dumps({"rows": rows, "extrapolations": extrapolations},
+                                                     indent=1, default=str))
+    return text
 
 
 if __name__ == "__main__":
