@@ -366,3 +366,23 @@ def test_default_target_runs_search_retrainings_figures_table_and_report(tmp_pat
     assert "4 done of 4" in status, status
     for retraining in ("eb-ff", "final-ff", "final-lt_oneshot"):
         assert re.search(rf"^\s+0\s+p50\s+{retraining}\s+done", status, re.MULTILINE), status
+
+
+def test_the_table_gives_every_row_the_seeds_spread_the_dense_row_too():
+    """The caption promises '± std when there are several' seeds: the dense row keeps it."""
+    import pandas as pd
+
+    from lotto.outputs import eb_figures
+
+    searches = [{"trained_to_end": True, "dense_test_accuracy": a, "epochs_total": 12} for a in (0.86, 0.88)]
+    summaries = pd.DataFrame([
+        {"ratio": 0.3, "ticket": "eb", "mode": "ff", "epoch": e, "test_accuracy": a, "total_flops": 1.0,
+         "full_training_flops": 2.0, "forward_flops_dense": 3.0, "forward_flops_pruned": 1.0,
+         "weight_density": 0.5}
+        for e, a in ((8, 0.85), (9, 0.87))
+    ])
+    dense, ff = eb_figures.table_rows(summaries, searches)[:2]
+    assert dense["accuracy"] == "87.00 ± 1.41"
+    assert ff["accuracy"] == "86.00 ± 1.41"
+    one_seed = eb_figures.table_rows(summaries.iloc[:1], searches[:1])
+    assert [row["accuracy"] for row in one_seed[:2]] == ["86.00", "85.00"]

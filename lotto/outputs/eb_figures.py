@@ -63,8 +63,13 @@ def read_summaries(paths: list[str | Path]) -> pd.DataFrame:
     return frame
 
 
+def _dense_finals(searches: list[dict], key: str = "dense_test_accuracy") -> list[float]:
+    """The dense model's final accuracy of each seed whose search trained to the end."""
+    return [s[key] for s in searches if s["trained_to_end"] and s.get(key) is not None]
+
+
 def _dense_accuracy(searches: list[dict], key: str = "dense_test_accuracy") -> float | None:
-    finals = [s[key] for s in searches if s["trained_to_end"] and s.get(key) is not None]
+    finals = _dense_finals(searches, key)
     return float(np.mean(finals)) if finals else None
 
 
@@ -168,8 +173,10 @@ def table_rows(summaries: pd.DataFrame, searches: list[dict]) -> list[dict]:
     if dense is not None:
         full = float(summaries["full_training_flops"].mean())
         dense_top5 = _dense_accuracy(searches, "dense_test_top5")
+        finals = _dense_finals(searches)
+        spread = f" ± {np.std(finals, ddof=1) * 100:.2f}" if len(finals) > 1 else ""
         rows.append({"p": "-", "method": "Dense (full training only, no retrain)", "epoch": searches[0]["epochs_total"],
-                     "accuracy": f"{dense * 100:.2f}",
+                     "accuracy": f"{dense * 100:.2f}{spread}",
                      "top5": "-" if dense_top5 is None else f"{dense_top5 * 100:.2f}", "total_flops": f"{full:.3g}",
                      "inference_flops": f"{summaries['forward_flops_dense'].iloc[0]:.3g}", "density": "1.000"})
     for ratio, by_ratio in summaries.groupby("ratio"):
