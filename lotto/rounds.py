@@ -181,7 +181,7 @@ def run_round_seeds(
     results: dict[Path, TrainResult] = {}
     for run in runs:
         if run.kind != "main" and not BRANCH_REGISTRY[run.kind].trained:
-            results[run.out] = evaluate_untrained(run.model, splits, run.mask)
+            results[run.out] = evaluate_untrained(run.model, splits, run.mask, run.training.precision)
     groups: dict[tuple, list[_Run]] = {}
     for run in runs:
         if run.out not in results:
@@ -372,7 +372,7 @@ def run_branch(
     model, mask, training = BRANCH_REGISTRY[kind].start(ticket)
     label = f"{spec.name} seed{seed} round{round_} {kind}"
     if not BRANCH_REGISTRY[kind].trained:
-        result = evaluate_untrained(model, splits, mask)
+        result = evaluate_untrained(model, splits, mask, training.precision)
     else:
         result = train(model, splits, training, mask=mask, seed=seed, steps=training.duration,
                        resume_path=_resume_file(out), label=label)
@@ -498,14 +498,16 @@ def shuffle_ticket_(model: torch.nn.Module, mask: masks.Mask, kind: str, generat
     return new_mask
 
 
-def evaluate_untrained(model: torch.nn.Module, splits: datasets.Splits, mask: masks.Mask) -> TrainResult:
+def evaluate_untrained(model: torch.nn.Module, splits: datasets.Splits, mask: masks.Mask,
+                       precision: str) -> TrainResult:
     """Validation and test rows of the masked network as it is, at step 0 (no training, so no
-    train row and no learning rate: lr is NaN)."""
+    train row and no learning rate: lr is NaN), in the experiment's precision as every
+    trained branch's evaluations are."""
     start = time.perf_counter()
     masks.apply_(model, mask)
     rows = []
     for split, x, y in (("val", splits.val_x, splits.val_y), ("test", splits.test_x, splits.test_y)):
-        loss, accuracy = evaluate(model, x, y) if len(x) else (math.nan, math.nan)
+        loss, accuracy = evaluate(model, x, y, precision) if len(x) else (math.nan, math.nan)
         rows.append({"step": 0, "split": split, "loss": loss, "accuracy": accuracy, "lr": math.nan, "status": "ok"})
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     return TrainResult(rows=rows, state=state, seconds=time.perf_counter() - start)

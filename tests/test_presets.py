@@ -744,3 +744,18 @@ def test_workflow_dag_has_transfer_and_study_jobs(tmp_path):
     process = dry_run(config)
     assert process.returncode != 0
     assert "['nope'] are not experiments of this config" in process.stdout + process.stderr
+
+
+def test_untrained_branches_are_evaluated_in_the_experiments_precision(ticket, synthetic_data, tmp_path):
+    """A bf16 experiment evaluates θ_0 ⊙ m under bf16 autocast, as its trained branches' evaluations
+    are (they were evaluated in fp32 whatever the experiment said)."""
+    from dataclasses import replace
+
+    spec, dense, round1 = ticket
+    bf16 = replace(spec, training=replace(spec.training, precision="bf16"))
+    losses = {}
+    for name, each in (("fp32", spec), ("bf16", bf16)):
+        rounds.run_branch(each, synthetic_data, 0, 1, "supermask", round1, dense, tmp_path / name)
+        losses[name] = metrics.read([tmp_path / name / "metrics.parquet"]).set_index("split").loss
+    assert (losses["fp32"] != losses["bf16"]).all()
+    assert (losses["fp32"] - losses["bf16"]).abs().max() < 0.05  # the same network, rounded
