@@ -52,9 +52,10 @@ from lotto.core.data import Splits, load
 
 FORMAT = 1  # raise when what a splits file holds or how load computes it changes
 CONTENT_DIGITS = 16  # hex digits of the prepared file's sha256 that start a splits file's name
+KEY_DIGITS = 16  # hex digits of the key (content, options, FORMAT) that end it
 # <prepared>.splits-<content>-<key>.pt; splits files written before the content prefix was in their
 # name, <prepared>.splits-<key>.pt, can never hit (no file of that name is read now)
-_NAME = re.compile(rf"(?P<prepared>.+\.pt)\.splits-(?:(?P<content>[0-9a-f]{{{CONTENT_DIGITS}}})-)?[0-9a-f]{{16}}\.pt")
+_NAME = re.compile(rf"(?P<prepared>.+\.pt)\.splits-(?:(?P<content>[0-9a-f]{{{CONTENT_DIGITS}}})-)?[0-9a-f]{{{KEY_DIGITS}}}\.pt")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _TENSORS = ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y")
 
@@ -78,7 +79,7 @@ def load_splits(prepared: str | os.PathLike, *, val_size: int, device: str | tor
 
 
 def splits_file(prepared: Path, sha256: str, options: dict) -> Path:
-    key = hashlib.sha256(json.dumps([sha256, options, FORMAT], sort_keys=True).encode()).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps([sha256, options, FORMAT], sort_keys=True).encode()).hexdigest()[:KEY_DIGITS]
     return prepared.with_name(f"{prepared.name}.splits-{sha256[:CONTENT_DIGITS]}-{key}.pt")
 
 
