@@ -63,8 +63,8 @@ PROVIDED = {
     "pandas": "2.2.0", "pyarrow": "15.0.0", "matplotlib": "3.8.0",  # lotto's stack
     "psutil": "5.9.8", "tabulate": "0.9.0",  # Snakemake takes any version
 }
-NEVER_CARRIED = re.compile(r"^(torch.*|nvidia-.*|cuda-.*|triton|numpy|pandas|pyarrow|typing-extensions|"
-                           r"jinja2|markupsafe|filelock|fsspec|sympy|mpmath|networkx|setuptools|pillow)$")
+# Never carried either, beyond PROVIDED: torch's CUDA libraries and sympy's own dependency.
+NEVER_CARRIED = re.compile(r"^(torch.*|nvidia-.*|cuda-.*|mpmath)$")
 
 
 def canonical(name: str) -> str:
